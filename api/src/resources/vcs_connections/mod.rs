@@ -1,0 +1,67 @@
+//! `/api/v2/organizations/{org}/vcs-connections` and `/api/v2/vcs-connections/{id}`.
+
+pub mod service;
+pub mod view;
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::jsonapi::{self, InputDocument, JsonApiBody, Page};
+use crate::startup::AppState;
+use service::ConnectionAttributes;
+
+const KIND: &str = "vcs-connections";
+
+pub async fn create(
+    caller: Caller,
+    state: web::Data<AppState>,
+    organization: web::Path<String>,
+    body: JsonApiBody<InputDocument<ConnectionAttributes>>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_admin()?;
+    let (attrs, _) = body.0.data.accept(KIND, None)?;
+    let mut conn = state.pool.get().await?;
+    let created = service::create(&mut conn, state.settings.encryption.as_ref(), &organization, attrs).await?;
+    tracing::info!(vcs_connection.id = %created.id, provider = %created.provider, "VCS connection created");
+    Ok(jsonapi::document(StatusCode::CREATED, view::render(&created)))
+}
+
+pub async fn list(
+    _caller: Caller,
+    state: web::Data<AppState>,
+    organization: web::Path<String>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let page = Page::from_query(&req)?;
+    let mut conn = state.pool.get().await?;
+    let (rows, total) = service::list(&mut conn, &organization, page).await?;
+    Ok(jsonapi::list(rows.iter().map(view::render).collect(), page, total))
+}
+
+pub async fn show(_caller: Caller, state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let mut conn = state.pool.get().await?;
+    Ok(jsonapi::ok(view::render(&service::find(&mut conn, &id).await?)))
+}
+
+pub async fn update(
+    caller: Caller,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    body: JsonApiBody<InputDocument<ConnectionAttributes>>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_admin()?;
+    let (attrs, _) = body.0.data.accept(KIND, Some(&id))?;
+    let mut conn = state.pool.get().await?;
+    let updated = service::update(&mut conn, state.settings.encryption.as_ref(), &id, attrs).await?;
+    Ok(jsonapi::ok(view::render(&updated)))
+}
+
+pub async fn delete(caller: Caller, state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    caller.require_admin()?;
+    let mut conn = state.pool.get().await?;
+    service::delete(&mut conn, &id).await?;
+    tracing::info!(vcs_connection.id = %id, "VCS connection deleted");
+    Ok(HttpResponse::NoContent().finish())
+}

@@ -1,0 +1,293 @@
+//! Workspaces: validation of their VCS settings against the linked connection, storage.
+
+use chrono::Utc;
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use serde::{Deserialize, Deserializer};
+use terrapod_shared::db::models::{NewWorkspace, VcsConnection, Workspace, WorkspaceChanges};
+use terrapod_shared::db::schema::{vcs_connections, workspaces};
+use terrapod_shared::domain::{BranchName, ExecutionMode, ResourceName, WorkingDirectory};
+use terrapod_shared::ids::{VcsConnectionId, WorkspaceId};
+use terrapod_shared::vcs::RepoUrl;
+
+use crate::error::ApiError;
+use crate::jsonapi::{Page, RelationshipInput};
+use crate::resources::{organizations, unique_violation};
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub struct WorkspaceAttributes {
+    pub name: Option<String>,
+    pub execution_mode: Option<String>,
+    pub auto_apply: Option<bool>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub vcs_repo_url: Option<String>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub vcs_branch: Option<String>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub vcs_working_directory: Option<String>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub working_directory: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+pub struct WorkspaceRelationships {
+    #[serde(rename = "vcs-connection")]
+    pub vcs_connection: Option<RelationshipInput>,
+}
+
+/// A present `null` means "clear it" (`""`); an absent key means "leave it".
+fn null_as_empty<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    Ok(Some(Option::<String>::deserialize(deserializer)?.unwrap_or_default()))
+}
+
+fn unprocessable(err: impl std::fmt::Display) -> ApiError {
+    ApiError::Unprocessable(err.to_string())
+}
+
+fn map_conflict(err: diesel::result::Error) -> ApiError {
+    match unique_violation(&err) {
+        Some("workspaces_name_unique") => {
+            ApiError::Unprocessable("name has already been taken by another workspace in this organization".into())
+        }
+        _ => err.into(),
+    }
+}
+
+/// `vcs-working-directory` and its alias `working-directory`; both may be sent if equal.
+fn working_directory(attrs: &WorkspaceAttributes) -> Result<Option<WorkingDirectory>, ApiError> {
+    let raw = match (&attrs.vcs_working_directory, &attrs.working_directory) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(ApiError::Unprocessable(
+                "vcs-working-directory and working-directory are aliases and must not differ".into(),
+            ))
+        }
+        (Some(dir), _) | (None, Some(dir)) => dir,
+        (None, None) => return Ok(None),
+    };
+    WorkingDirectory::parse(raw).map(Some).map_err(unprocessable)
+}
+
+/// The connection a request links, which must exist in the workspace's organization.
+async fn linked_connection(
+    conn: &mut AsyncPgConnection,
+    organization: &str,
+    relationship: &RelationshipInput,
+) -> Result<Option<VcsConnection>, ApiError> {
+    let Some(identifier) = &relationship.data else {
+        return Ok(None);
+    };
+    if identifier.kind != "vcs-connections" {
+        return Err(ApiError::Unprocessable(format!(
+            "vcs-connection must reference a resource of type `vcs-connections`, got `{}`",
+            identifier.kind
+        )));
+    }
+    let missing = || {
+        ApiError::Unprocessable(format!(
+            "vcs-connection `{}` does not exist in organization `{organization}`",
+            identifier.id
+        ))
+    };
+    let id = VcsConnectionId::parse(&identifier.id).map_err(|_| missing())?;
+    vcs_connections::table
+        .find(&id)
+        .filter(vcs_connections::organization_name.eq(organization))
+        .select(VcsConnection::as_select())
+        .first(conn)
+        .await
+        .optional()?
+        .map(Some)
+        .ok_or_else(missing)
+}
+
+async fn connection_by_id(conn: &mut AsyncPgConnection, id: &VcsConnectionId) -> Result<Option<VcsConnection>, ApiError> {
+    Ok(vcs_connections::table
+        .find(id)
+        .select(VcsConnection::as_select())
+        .first(conn)
+        .await
+        .optional()?)
+}
+
+/// A URL and a connection go together: both set, or both cleared. The URL must parse
+/// for the connection's provider.
+fn check_link(url: &str, connection: Option<&VcsConnection>) -> Result<(), ApiError> {
+    match (url.trim().is_empty(), connection) {
+        (true, None) => Ok(()),
+        (false, None) => Err(ApiError::Unprocessable(
+            "vcs-repo-url needs a vcs-connection relationship to poll it with".into(),
+        )),
+        (true, Some(_)) => Err(ApiError::Unprocessable(
+            "a vcs-connection needs a vcs-repo-url to poll".into(),
+        )),
+        (false, Some(connection)) => RepoUrl::parse(connection.provider, url).map(drop).map_err(unprocessable),
+    }
+}
+
+pub async fn create(
+    conn: &mut AsyncPgConnection,
+    organization: &str,
+    attrs: WorkspaceAttributes,
+    relationships: WorkspaceRelationships,
+) -> Result<Workspace, ApiError> {
+    organizations::ensure_exists(conn, organization).await?;
+    let name = ResourceName::parse(attrs.name.as_deref().ok_or_else(|| ApiError::Unprocessable("name is required".into()))?)
+        .map_err(unprocessable)?;
+    let execution_mode = match attrs.execution_mode.as_deref() {
+        Some(raw) => raw.parse().map_err(|err| ApiError::Unprocessable(format!("execution-mode: {err}")))?,
+        None => ExecutionMode::Remote,
+    };
+    let directory = working_directory(&attrs)?.unwrap_or_default();
+    let branch = BranchName::parse(attrs.vcs_branch.as_deref().unwrap_or_default()).map_err(unprocessable)?;
+    let connection = match &relationships.vcs_connection {
+        Some(relationship) => linked_connection(conn, organization, relationship).await?,
+        None => None,
+    };
+    let url = attrs.vcs_repo_url.as_deref().unwrap_or_default().trim();
+    check_link(url, connection.as_ref())?;
+    let id = WorkspaceId::generate();
+    diesel::insert_into(workspaces::table)
+        .values(NewWorkspace {
+            id: &id,
+            organization_name: organization,
+            name: name.as_str(),
+            execution_mode,
+            auto_apply: attrs.auto_apply.unwrap_or(false),
+            vcs_connection_id: connection.as_ref().map(|c| &c.id),
+            vcs_repo_url: url,
+            vcs_branch: branch.as_str(),
+            working_directory: directory.as_str(),
+        })
+        .returning(Workspace::as_returning())
+        .get_result(conn)
+        .await
+        .map_err(map_conflict)
+}
+
+pub async fn find(conn: &mut AsyncPgConnection, id: &str) -> Result<Workspace, ApiError> {
+    let not_found = || ApiError::not_found("workspace", id);
+    let parsed = WorkspaceId::parse(id).map_err(|_| not_found())?;
+    workspaces::table
+        .find(&parsed)
+        .select(Workspace::as_select())
+        .first(conn)
+        .await
+        .optional()?
+        .ok_or_else(not_found)
+}
+
+pub async fn find_by_name(conn: &mut AsyncPgConnection, organization: &str, name: &str) -> Result<Workspace, ApiError> {
+    organizations::ensure_exists(conn, organization).await?;
+    workspaces::table
+        .filter(workspaces::organization_name.eq(organization))
+        .filter(workspaces::name.eq(name))
+        .select(Workspace::as_select())
+        .first(conn)
+        .await
+        .optional()?
+        .ok_or_else(|| ApiError::not_found("workspace", name))
+}
+
+pub async fn list(conn: &mut AsyncPgConnection, organization: &str, page: Page) -> Result<(Vec<Workspace>, i64), ApiError> {
+    organizations::ensure_exists(conn, organization).await?;
+    let total: i64 = workspaces::table
+        .filter(workspaces::organization_name.eq(organization))
+        .count()
+        .get_result(conn)
+        .await?;
+    let rows = workspaces::table
+        .filter(workspaces::organization_name.eq(organization))
+        .order(workspaces::name.asc())
+        .limit(page.size)
+        .offset(page.offset())
+        .select(Workspace::as_select())
+        .load(conn)
+        .await?;
+    Ok((rows, total))
+}
+
+/// What an update changed, for the caller to react to (an immediate poll).
+pub struct Updated {
+    pub workspace: Workspace,
+    pub vcs_settings_changed: bool,
+}
+
+pub async fn update(
+    conn: &mut AsyncPgConnection,
+    id: &str,
+    attrs: WorkspaceAttributes,
+    relationships: WorkspaceRelationships,
+) -> Result<Updated, ApiError> {
+    let existing = find(conn, id).await?;
+    let mut changes = WorkspaceChanges {
+        name: attrs
+            .name
+            .as_deref()
+            .map(|raw| ResourceName::parse(raw).map(|n| n.as_str().to_owned()))
+            .transpose()
+            .map_err(unprocessable)?,
+        execution_mode: attrs
+            .execution_mode
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|err| ApiError::Unprocessable(format!("execution-mode: {err}")))?,
+        auto_apply: attrs.auto_apply,
+        working_directory: working_directory(&attrs)?.map(|dir| dir.as_str().to_owned()),
+        updated_at: Some(Utc::now()),
+        ..WorkspaceChanges::default()
+    };
+    let branch = attrs
+        .vcs_branch
+        .as_deref()
+        .map(BranchName::parse)
+        .transpose()
+        .map_err(unprocessable)?;
+
+    let sets_link = attrs.vcs_repo_url.is_some() || relationships.vcs_connection.is_some();
+    let new_url = attrs.vcs_repo_url.as_deref().map(str::trim);
+    let url_changed = new_url.is_some_and(|url| url != existing.vcs_repo_url);
+    let branch_changed = branch.as_ref().is_some_and(|b| b.as_str() != existing.vcs_branch);
+    let mut connection_changed = false;
+    if sets_link {
+        let connection = match &relationships.vcs_connection {
+            Some(relationship) => linked_connection(conn, &existing.organization_name, relationship).await?,
+            None => match &existing.vcs_connection_id {
+                Some(current) => connection_by_id(conn, current).await?,
+                None => None,
+            },
+        };
+        check_link(new_url.unwrap_or(&existing.vcs_repo_url), connection.as_ref())?;
+        let connection_id = connection.map(|c| c.id);
+        connection_changed = connection_id != existing.vcs_connection_id;
+        changes.vcs_connection_id = Some(connection_id);
+        changes.vcs_repo_url = new_url.map(str::to_owned);
+    }
+    changes.vcs_branch = branch.map(|b| b.as_str().to_owned());
+    if url_changed || branch_changed {
+        // The next poll plans the new head instead of comparing against another repo's.
+        changes.vcs_last_commit_sha = Some(None);
+    }
+    if url_changed || connection_changed {
+        // Errors about the old settings no longer apply.
+        changes.vcs_last_error = Some(None);
+        changes.vcs_last_error_at = Some(None);
+    }
+    let workspace = diesel::update(workspaces::table.find(&existing.id))
+        .set(changes)
+        .returning(Workspace::as_returning())
+        .get_result(conn)
+        .await
+        .map_err(map_conflict)?;
+    Ok(Updated {
+        vcs_settings_changed: url_changed || branch_changed || connection_changed,
+        workspace,
+    })
+}
+
+pub async fn delete(conn: &mut AsyncPgConnection, id: &str) -> Result<(), ApiError> {
+    let existing = find(conn, id).await?;
+    diesel::delete(workspaces::table.find(&existing.id)).execute(conn).await?;
+    Ok(())
+}

@@ -1,0 +1,81 @@
+//! The route table. Unknown paths and methods get JSON:API errors too.
+
+use actix_web::{web, HttpRequest, HttpResponse, Route};
+
+use crate::error::ApiError;
+use crate::resources::{configuration_versions, runs, vcs_connections, workspaces};
+use crate::{health, metrics};
+
+async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound(format!("no route for {}", req.path())))
+}
+
+async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed(format!(
+        "{} is not allowed on {}",
+        req.method(),
+        req.path()
+    )))
+}
+
+/// A resource whose unlisted methods answer 405.
+fn resource(path: &str, routes: Vec<Route>) -> actix_web::Resource {
+    routes
+        .into_iter()
+        .fold(web::resource(path), |resource, route| resource.route(route))
+        .default_service(web::to(method_not_allowed))
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/healthz", vec![web::get().to(health::healthz)]))
+        .service(resource("/readyz", vec![web::get().to(health::readyz)]))
+        .service(resource("/metrics", vec![web::get().to(metrics::metrics)]))
+        .service(
+            web::scope("/api/v2")
+                .service(resource("/ping", vec![web::get().to(health::ping)]))
+                .service(resource(
+                    "/organizations/{org}/vcs-connections",
+                    vec![
+                        web::post().to(vcs_connections::create),
+                        web::get().to(vcs_connections::list),
+                    ],
+                ))
+                .service(resource(
+                    "/vcs-connections/{id}",
+                    vec![
+                        web::get().to(vcs_connections::show),
+                        web::patch().to(vcs_connections::update),
+                        web::delete().to(vcs_connections::delete),
+                    ],
+                ))
+                .service(resource(
+                    "/organizations/{org}/workspaces",
+                    vec![web::post().to(workspaces::create), web::get().to(workspaces::list)],
+                ))
+                .service(resource(
+                    "/organizations/{org}/workspaces/{name}",
+                    vec![web::get().to(workspaces::show_by_name)],
+                ))
+                .service(resource(
+                    "/workspaces/{id}",
+                    vec![
+                        web::get().to(workspaces::show),
+                        web::patch().to(workspaces::update),
+                        web::delete().to(workspaces::delete),
+                    ],
+                ))
+                .service(resource("/workspaces/{id}/runs", vec![web::get().to(runs::list)]))
+                .service(resource("/runs/{id}", vec![web::get().to(runs::show)]))
+                .service(resource("/runs/{id}/actions/cancel", vec![web::post().to(runs::cancel)]))
+                .service(resource("/runs/{id}/actions/apply", vec![web::post().to(runs::apply)]))
+                .service(resource(
+                    "/configuration-versions/{id}",
+                    vec![web::get().to(configuration_versions::show)],
+                ))
+                .service(resource(
+                    "/configuration-versions/{id}/download",
+                    vec![web::get().to(configuration_versions::download)],
+                )),
+        )
+        .default_service(web::to(not_found));
+}

@@ -1,0 +1,116 @@
+//! PostgreSQL: connection pool, embedded migrations, schema and models.
+
+pub mod models;
+pub mod schema;
+
+use std::time::Duration;
+
+use diesel::ConnectionError;
+use diesel_async::pooled_connection::deadpool::{BuildError, Pool};
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_async::{AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+use futures_util::FutureExt;
+use url::Url;
+
+pub use diesel_async::pooled_connection::deadpool::{Object as PooledConnection, PoolError};
+
+pub type DbPool = Pool<AsyncPgConnection>;
+
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations");
+
+/// Every statement of the service is short; a runaway one is cancelled, not waited on.
+const STATEMENT_TIMEOUT: &str = "30s";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbSetupError {
+    #[error("cannot connect to PostgreSQL: {0}")]
+    Connect(#[from] ConnectionError),
+    #[error("database query failed: {0}")]
+    Query(#[from] diesel::result::Error),
+    #[error("database URL has no database name")]
+    NoDatabaseName,
+    #[error("cannot build the connection pool: {0}")]
+    Pool(#[from] BuildError),
+    #[error("migration failed: {0}")]
+    Migration(String),
+}
+
+/// A pool whose connections carry `application_name` and a statement timeout.
+pub fn pool(database_url: &str, application_name: &'static str, max_size: usize) -> Result<DbPool, DbSetupError> {
+    let mut config = ManagerConfig::<AsyncPgConnection>::default();
+    config.custom_setup = Box::new(move |url| {
+        async move {
+            let mut conn = AsyncPgConnection::establish(url).await?;
+            conn.batch_execute(&format!(
+                "SET application_name = '{application_name}'; SET statement_timeout = '{STATEMENT_TIMEOUT}'"
+            ))
+            .await
+            .map_err(ConnectionError::CouldntSetupConfiguration)?;
+            Ok(conn)
+        }
+        .boxed()
+    });
+    let manager = AsyncDieselConnectionManager::new_with_config(database_url, config);
+    Ok(Pool::builder(manager)
+        .max_size(max_size)
+        .wait_timeout(Some(Duration::from_secs(10)))
+        .create_timeout(Some(Duration::from_secs(10)))
+        .recycle_timeout(Some(Duration::from_secs(5)))
+        .runtime(deadpool::Runtime::Tokio1)
+        .build()?)
+}
+
+/// Creates the database named in `database_url` when it does not exist yet, by
+/// connecting to the server's `postgres` database.
+pub async fn create_database_if_missing(database_url: &str) -> Result<bool, DbSetupError> {
+    let mut url = Url::parse(database_url).map_err(|_| DbSetupError::NoDatabaseName)?;
+    let name = url.path().trim_start_matches('/').to_owned();
+    if name.is_empty() {
+        return Err(DbSetupError::NoDatabaseName);
+    }
+    url.set_path("/postgres");
+    let mut conn = AsyncPgConnection::establish(url.as_str()).await?;
+    #[derive(diesel::QueryableByName)]
+    struct Exists {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        exists: bool,
+    }
+    let found: Exists = diesel::sql_query("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS exists")
+        .bind::<diesel::sql_types::Text, _>(&name)
+        .get_result(&mut conn)
+        .await?;
+    if found.exists {
+        return Ok(false);
+    }
+    let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+    match diesel::sql_query(format!("CREATE DATABASE {quoted}")).execute(&mut conn).await {
+        Ok(_) => Ok(true),
+        // Another process created it between our check and our CREATE.
+        Err(diesel::result::Error::DatabaseError(_, info)) if info.message().contains("already exists") => Ok(false),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Applies pending migrations; returns how many ran.
+pub async fn run_migrations(database_url: &str) -> Result<usize, DbSetupError> {
+    let conn = AsyncPgConnection::establish(database_url).await?;
+    // The harness blocks; keep it off the async workers.
+    tokio::task::spawn_blocking(move || {
+        let mut harness = AsyncMigrationHarness::new(conn);
+        harness
+            .run_pending_migrations(MIGRATIONS)
+            .map(|applied| applied.len())
+            .map_err(|err| DbSetupError::Migration(err.to_string()))
+    })
+    .await
+    .map_err(|err| DbSetupError::Migration(err.to_string()))?
+}
+
+/// True when the database answers a trivial query.
+pub async fn ping(pool: &DbPool) -> bool {
+    let Ok(mut conn) = pool.get().await else {
+        return false;
+    };
+    diesel::sql_query("SELECT 1").execute(&mut conn).await.is_ok()
+}

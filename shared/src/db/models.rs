@@ -1,0 +1,168 @@
+//! Rows as stored. Serialization to the API lives in `terrapod-api`'s views, never here.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+
+use super::schema::{api_tokens, configuration_versions, runs, vcs_connections, workspaces};
+use crate::domain::{ConnectionStatus, ExecutionMode, Provider, Role, RunStatus, TriggerReason};
+use crate::ids::{ConfigurationVersionId, RunId, VcsConnectionId, WorkspaceId};
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = api_tokens, check_for_backend(diesel::pg::Pg))]
+pub struct ApiToken {
+    pub id: i64,
+    pub role: Role,
+    pub description: String,
+}
+
+#[derive(Clone, Queryable, Selectable, Identifiable)]
+#[diesel(table_name = vcs_connections, check_for_backend(diesel::pg::Pg))]
+pub struct VcsConnection {
+    pub id: VcsConnectionId,
+    pub organization_name: String,
+    pub name: String,
+    pub provider: Provider,
+    pub server_url: String,
+    pub status: ConnectionStatus,
+    pub github_app_id: Option<i64>,
+    pub github_installation_id: Option<i64>,
+    pub github_account_login: Option<String>,
+    pub github_account_type: Option<String>,
+    /// Fernet ciphertext; decrypt only where the clear value is needed.
+    pub encrypted_credential: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+// Hand-written so the ciphertext never reaches a log line either.
+impl std::fmt::Debug for VcsConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VcsConnection")
+            .field("id", &self.id)
+            .field("organization_name", &self.organization_name)
+            .field("name", &self.name)
+            .field("provider", &self.provider)
+            .field("server_url", &self.server_url)
+            .field("status", &self.status)
+            .field("has_credentials", &self.encrypted_credential.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = vcs_connections)]
+pub struct NewVcsConnection<'a> {
+    pub id: &'a VcsConnectionId,
+    pub organization_name: &'a str,
+    pub name: &'a str,
+    pub provider: Provider,
+    pub server_url: &'a str,
+    pub status: ConnectionStatus,
+    pub github_app_id: Option<i64>,
+    pub github_installation_id: Option<i64>,
+    pub github_account_login: Option<&'a str>,
+    pub github_account_type: Option<&'a str>,
+    pub encrypted_credential: Option<&'a str>,
+}
+
+/// A partial update; `None` leaves a column as it is.
+#[derive(AsChangeset, Default)]
+#[diesel(table_name = vcs_connections)]
+pub struct VcsConnectionChanges {
+    pub name: Option<String>,
+    pub server_url: Option<String>,
+    pub status: Option<ConnectionStatus>,
+    pub github_app_id: Option<Option<i64>>,
+    pub github_installation_id: Option<Option<i64>>,
+    pub github_account_login: Option<Option<String>>,
+    pub github_account_type: Option<Option<String>>,
+    pub encrypted_credential: Option<String>,
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Identifiable)]
+#[diesel(table_name = workspaces, check_for_backend(diesel::pg::Pg))]
+pub struct Workspace {
+    pub id: WorkspaceId,
+    pub organization_name: String,
+    pub name: String,
+    pub execution_mode: ExecutionMode,
+    pub auto_apply: bool,
+    pub vcs_connection_id: Option<VcsConnectionId>,
+    pub vcs_repo_url: String,
+    pub vcs_branch: String,
+    pub working_directory: String,
+    pub vcs_last_commit_sha: Option<String>,
+    pub vcs_last_polled_at: Option<DateTime<Utc>>,
+    pub vcs_last_error: Option<String>,
+    pub vcs_last_error_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = workspaces)]
+pub struct NewWorkspace<'a> {
+    pub id: &'a WorkspaceId,
+    pub organization_name: &'a str,
+    pub name: &'a str,
+    pub execution_mode: ExecutionMode,
+    pub auto_apply: bool,
+    pub vcs_connection_id: Option<&'a VcsConnectionId>,
+    pub vcs_repo_url: &'a str,
+    pub vcs_branch: &'a str,
+    pub working_directory: &'a str,
+}
+
+/// A partial update; `None` leaves a column as it is.
+#[derive(AsChangeset, Default)]
+#[diesel(table_name = workspaces)]
+pub struct WorkspaceChanges {
+    pub name: Option<String>,
+    pub execution_mode: Option<ExecutionMode>,
+    pub auto_apply: Option<bool>,
+    pub vcs_connection_id: Option<Option<VcsConnectionId>>,
+    pub vcs_repo_url: Option<String>,
+    pub vcs_branch: Option<String>,
+    pub working_directory: Option<String>,
+    pub vcs_last_commit_sha: Option<Option<String>>,
+    pub vcs_last_error: Option<Option<String>>,
+    pub vcs_last_error_at: Option<Option<DateTime<Utc>>>,
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Identifiable)]
+#[diesel(table_name = configuration_versions, check_for_backend(diesel::pg::Pg))]
+pub struct ConfigurationVersion {
+    pub id: ConfigurationVersionId,
+    pub workspace_id: WorkspaceId,
+    pub source: String,
+    pub status: String,
+    pub speculative: bool,
+    pub vcs_commit_sha: String,
+    pub vcs_branch: String,
+    pub vcs_pull_request_number: Option<i64>,
+    pub working_directory: String,
+    pub archive_sha256: String,
+    pub size: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Identifiable)]
+#[diesel(table_name = runs, check_for_backend(diesel::pg::Pg))]
+pub struct Run {
+    pub id: RunId,
+    pub workspace_id: WorkspaceId,
+    pub configuration_version_id: ConfigurationVersionId,
+    pub status: RunStatus,
+    pub source: String,
+    pub plan_only: bool,
+    pub auto_apply: bool,
+    pub message: String,
+    pub trigger_reason: TriggerReason,
+    pub vcs_commit_sha: String,
+    pub vcs_branch: String,
+    pub vcs_pull_request_number: Option<i64>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}

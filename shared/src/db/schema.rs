@@ -1,0 +1,119 @@
+// Mirrors migrations/; `tests/schema.rs` checks the two agree.
+
+diesel::table! {
+    organizations (name) {
+        name -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    api_tokens (id) {
+        id -> Int8,
+        token_sha256 -> Bytea,
+        role -> Text,
+        description -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    vcs_connections (id) {
+        id -> Text,
+        organization_name -> Text,
+        name -> Text,
+        provider -> Text,
+        server_url -> Text,
+        status -> Text,
+        github_app_id -> Nullable<Int8>,
+        github_installation_id -> Nullable<Int8>,
+        github_account_login -> Nullable<Text>,
+        github_account_type -> Nullable<Text>,
+        encrypted_credential -> Nullable<Text>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    workspaces (id) {
+        id -> Text,
+        organization_name -> Text,
+        name -> Text,
+        execution_mode -> Text,
+        auto_apply -> Bool,
+        vcs_connection_id -> Nullable<Text>,
+        vcs_repo_url -> Text,
+        vcs_branch -> Text,
+        working_directory -> Text,
+        vcs_last_commit_sha -> Nullable<Text>,
+        vcs_last_polled_at -> Nullable<Timestamptz>,
+        vcs_last_error -> Nullable<Text>,
+        vcs_last_error_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    configuration_archives (sha256) {
+        sha256 -> Text,
+        size -> Int8,
+        data -> Bytea,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    configuration_versions (id) {
+        id -> Text,
+        workspace_id -> Text,
+        source -> Text,
+        status -> Text,
+        speculative -> Bool,
+        vcs_commit_sha -> Text,
+        vcs_branch -> Text,
+        vcs_pull_request_number -> Nullable<Int8>,
+        working_directory -> Text,
+        archive_sha256 -> Text,
+        size -> Int8,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    runs (id) {
+        id -> Text,
+        workspace_id -> Text,
+        configuration_version_id -> Text,
+        status -> Text,
+        source -> Text,
+        plan_only -> Bool,
+        auto_apply -> Bool,
+        message -> Text,
+        trigger_reason -> Text,
+        vcs_commit_sha -> Text,
+        vcs_branch -> Text,
+        vcs_pull_request_number -> Nullable<Int8>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(vcs_connections -> organizations (organization_name));
+diesel::joinable!(workspaces -> organizations (organization_name));
+diesel::joinable!(workspaces -> vcs_connections (vcs_connection_id));
+diesel::joinable!(configuration_versions -> workspaces (workspace_id));
+diesel::joinable!(configuration_versions -> configuration_archives (archive_sha256));
+diesel::joinable!(runs -> workspaces (workspace_id));
+diesel::joinable!(runs -> configuration_versions (configuration_version_id));
+
+diesel::allow_tables_to_appear_in_same_query!(
+    organizations,
+    api_tokens,
+    vcs_connections,
+    workspaces,
+    configuration_archives,
+    configuration_versions,
+    runs,
+);

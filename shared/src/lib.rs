@@ -1,0 +1,16 @@
+//! What both Terrapod VCS programs need: configuration, the database schema and
+//! models, the credential key ring, prefixed ids, the parsed domain values and the one
+//! function that records a VCS-triggered run.
+
+pub mod config;
+pub mod crypto;
+pub mod db;
+pub mod domain;
+pub mod ids;
+pub mod queue;
+pub mod runs;
+pub mod telemetry;
+pub mod tokens;
+pub mod vcs;
+
+pub use config::Settings;

@@ -1,0 +1,300 @@
+//! Recording a VCS-triggered run: the one place that writes configuration versions and
+//! runs. Everything happens in one short transaction, and the database's unique
+//! indexes — not this code path — make a duplicate run impossible, so any number of
+//! poller replicas and redelivered messages can call it at once.
+
+use diesel::prelude::*;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use ring::digest;
+
+use crate::db::schema::{configuration_archives, configuration_versions, runs, workspaces};
+use crate::domain::{BranchName, CommitSha, RunStatus, TriggerReason, WorkingDirectory};
+use crate::ids::{ConfigurationVersionId, RunId, WorkspaceId};
+
+/// Titles are for people; an absurdly long one is cut rather than stored whole.
+const MAX_TITLE_CHARS: usize = 200;
+
+/// A repository tree packed as a gzip tarball, addressed by its SHA-256.
+pub struct RepoSnapshot {
+    tarball: Vec<u8>,
+    sha256: String,
+}
+
+impl RepoSnapshot {
+    pub fn new(tarball: Vec<u8>) -> Self {
+        let sha256 = hex::encode(digest::digest(&digest::SHA256, &tarball));
+        RepoSnapshot { tarball, sha256 }
+    }
+
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    pub fn size(&self) -> i64 {
+        i64::try_from(self.tarball.len()).unwrap_or(i64::MAX)
+    }
+}
+
+/// Why the run is created.
+pub enum VcsTrigger {
+    /// A new head on the tracked branch. `previous_sha` is the workspace's
+    /// `vcs_last_commit_sha` the caller saw: the run is only recorded if it still is.
+    Push {
+        branch: BranchName,
+        commit_title: Option<String>,
+        previous_sha: Option<String>,
+    },
+    /// A new head commit of an open pull/merge request targeting the tracked branch.
+    PullRequest {
+        number: i64,
+        head_ref: String,
+        title: String,
+    },
+}
+
+pub struct NewVcsRun<'a> {
+    pub workspace_id: &'a WorkspaceId,
+    pub commit_sha: &'a CommitSha,
+    pub trigger: VcsTrigger,
+    pub working_directory: &'a WorkingDirectory,
+    /// The workspace's `auto-apply`; ignored for pull requests, which never apply.
+    pub auto_apply: bool,
+    pub snapshot: &'a RepoSnapshot,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunCreation {
+    Created {
+        run_id: RunId,
+        configuration_version_id: ConfigurationVersionId,
+    },
+    /// A run for this commit (and pull request) exists already; nothing was added. For a
+    /// push, the workspace's last SHA was still advanced to it.
+    AlreadyExists,
+    /// The workspace's last SHA is no longer `previous_sha` (another replica recorded
+    /// a newer head, or a user changed the repository); nothing was written.
+    HeadMoved,
+}
+
+enum Abort {
+    Duplicate,
+    HeadMoved,
+    Database(DieselError),
+}
+
+impl From<DieselError> for Abort {
+    fn from(err: DieselError) -> Self {
+        match &err {
+            DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info)
+                if matches!(
+                    info.constraint_name(),
+                    Some("runs_one_push_run_per_commit" | "runs_one_pull_request_run_per_head")
+                ) =>
+            {
+                Abort::Duplicate
+            }
+            _ => Abort::Database(err),
+        }
+    }
+}
+
+/// The message TFE shows for the run.
+pub fn run_message(commit_sha: &CommitSha, trigger: &VcsTrigger) -> String {
+    match trigger {
+        VcsTrigger::Push {
+            branch,
+            commit_title,
+            ..
+        } => {
+            let mut message = format!("Triggered by commit {} on {}", commit_sha.short(), branch.as_str());
+            if let Some(title) = commit_title.as_deref().map(first_line).filter(|t| !t.is_empty()) {
+                message.push_str(": ");
+                message.push_str(&truncate(title));
+            }
+            message
+        }
+        VcsTrigger::PullRequest { number, title, .. } => {
+            format!("Speculative plan for PR #{number}: {}", truncate(first_line(title)))
+        }
+    }
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or_default().trim()
+}
+
+fn truncate(text: &str) -> String {
+    if text.chars().count() <= MAX_TITLE_CHARS {
+        text.to_owned()
+    } else {
+        let mut cut: String = text.chars().take(MAX_TITLE_CHARS - 1).collect();
+        cut.push('…');
+        cut
+    }
+}
+
+/// Stores the snapshot, the configuration version and the run, and (for a push)
+/// advances the workspace's last SHA with a compare-and-set — all or nothing.
+pub async fn create_vcs_run(
+    conn: &mut AsyncPgConnection,
+    new: NewVcsRun<'_>,
+) -> Result<RunCreation, DieselError> {
+    let outcome = conn
+        .transaction::<_, Abort, _>(async |conn| record(conn, &new).await)
+        .await;
+    match outcome {
+        Ok(created) => Ok(created),
+        Err(Abort::Duplicate) => Ok(RunCreation::AlreadyExists),
+        Err(Abort::HeadMoved) => Ok(RunCreation::HeadMoved),
+        Err(Abort::Database(err)) => Err(err),
+    }
+}
+
+async fn record(conn: &mut AsyncPgConnection, new: &NewVcsRun<'_>) -> Result<RunCreation, Abort> {
+    let sha = new.commit_sha.as_str();
+    let (branch, pull_request_number, plan_only, reason) = match &new.trigger {
+        VcsTrigger::Push {
+            branch,
+            previous_sha,
+            ..
+        } => {
+            // The row lock taken here serialises every recorder of this workspace, so
+            // the existence check below sees any run committed before us.
+            let advanced = diesel::update(workspaces::table)
+                .filter(workspaces::id.eq(new.workspace_id))
+                .filter(workspaces::vcs_last_commit_sha.is_not_distinct_from(previous_sha.as_deref()))
+                .set(workspaces::vcs_last_commit_sha.eq(sha))
+                .execute(conn)
+                .await?;
+            if advanced == 0 {
+                return Err(Abort::HeadMoved);
+            }
+            let exists: bool = diesel::select(diesel::dsl::exists(
+                runs::table
+                    .filter(runs::workspace_id.eq(new.workspace_id))
+                    .filter(runs::trigger_reason.eq(TriggerReason::Push))
+                    .filter(runs::vcs_commit_sha.eq(sha)),
+            ))
+            .get_result(conn)
+            .await?;
+            if exists {
+                // Keep the advanced SHA: this commit is done, it must not be retried.
+                return Ok(RunCreation::AlreadyExists);
+            }
+            (branch.as_str().to_owned(), None, false, TriggerReason::Push)
+        }
+        VcsTrigger::PullRequest {
+            number, head_ref, ..
+        } => (head_ref.clone(), Some(*number), true, TriggerReason::PullRequest),
+    };
+
+    diesel::insert_into(configuration_archives::table)
+        .values((
+            configuration_archives::sha256.eq(new.snapshot.sha256()),
+            configuration_archives::size.eq(new.snapshot.size()),
+            configuration_archives::data.eq(&new.snapshot.tarball),
+        ))
+        .on_conflict_do_nothing()
+        .execute(conn)
+        .await?;
+
+    let configuration_version_id = ConfigurationVersionId::generate();
+    diesel::insert_into(configuration_versions::table)
+        .values((
+            configuration_versions::id.eq(&configuration_version_id),
+            configuration_versions::workspace_id.eq(new.workspace_id),
+            configuration_versions::speculative.eq(plan_only),
+            configuration_versions::vcs_commit_sha.eq(sha),
+            configuration_versions::vcs_branch.eq(&branch),
+            configuration_versions::vcs_pull_request_number.eq(pull_request_number),
+            configuration_versions::working_directory.eq(new.working_directory.as_str()),
+            configuration_versions::archive_sha256.eq(new.snapshot.sha256()),
+            configuration_versions::size.eq(new.snapshot.size()),
+        ))
+        .execute(conn)
+        .await?;
+
+    let run_id = RunId::generate();
+    diesel::insert_into(runs::table)
+        .values((
+            runs::id.eq(&run_id),
+            runs::workspace_id.eq(new.workspace_id),
+            runs::configuration_version_id.eq(&configuration_version_id),
+            runs::status.eq(RunStatus::Pending),
+            runs::plan_only.eq(plan_only),
+            runs::auto_apply.eq(new.auto_apply && !plan_only),
+            runs::message.eq(run_message(new.commit_sha, &new.trigger)),
+            runs::trigger_reason.eq(reason),
+            runs::vcs_commit_sha.eq(sha),
+            runs::vcs_branch.eq(&branch),
+            runs::vcs_pull_request_number.eq(pull_request_number),
+        ))
+        .execute(conn)
+        .await?;
+
+    if let Some(number) = pull_request_number {
+        // A new head supersedes the PR's older plans that have not started.
+        diesel::update(runs::table)
+            .filter(runs::workspace_id.eq(new.workspace_id))
+            .filter(runs::trigger_reason.eq(TriggerReason::PullRequest))
+            .filter(runs::vcs_pull_request_number.eq(number))
+            .filter(runs::vcs_commit_sha.ne(sha))
+            .filter(runs::status.eq(RunStatus::Pending))
+            .set((runs::status.eq(RunStatus::Canceled), runs::updated_at.eq(diesel::dsl::now)))
+            .execute(conn)
+            .await?;
+    }
+
+    Ok(RunCreation::Created {
+        run_id,
+        configuration_version_id,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sha() -> CommitSha {
+        CommitSha::parse("0123456789abcdef0123456789abcdef01234567").unwrap()
+    }
+
+    #[test]
+    fn push_messages_name_the_short_sha_branch_and_title() {
+        let trigger = VcsTrigger::Push {
+            branch: BranchName::parse("main").unwrap(),
+            commit_title: Some("Add VPC\n\nlong body".into()),
+            previous_sha: None,
+        };
+        assert_eq!(run_message(&sha(), &trigger), "Triggered by commit 01234567 on main: Add VPC");
+        let untitled = VcsTrigger::Push {
+            branch: BranchName::parse("main").unwrap(),
+            commit_title: None,
+            previous_sha: None,
+        };
+        assert_eq!(run_message(&sha(), &untitled), "Triggered by commit 01234567 on main");
+    }
+
+    #[test]
+    fn pull_request_messages_name_the_number_and_title() {
+        let trigger = VcsTrigger::PullRequest {
+            number: 42,
+            head_ref: "feature".into(),
+            title: "x".repeat(500),
+        };
+        let message = run_message(&sha(), &trigger);
+        assert!(message.starts_with("Speculative plan for PR #42: xxx"));
+        assert!(message.chars().count() < 240);
+    }
+
+    #[test]
+    fn snapshots_are_addressed_by_sha256() {
+        let snapshot = RepoSnapshot::new(b"abc".to_vec());
+        assert_eq!(
+            snapshot.sha256(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(snapshot.size(), 3);
+    }
+}
