@@ -46,10 +46,13 @@ impl FromRequest for Caller {
         let state = req.app_data::<web::Data<AppState>>().cloned();
         Box::pin(async move {
             let token = token.ok_or(ApiError::Unauthorized)?;
-            let state = state.ok_or_else(|| ApiError::Unavailable("application state missing".into()))?;
+            let state =
+                state.ok_or_else(|| ApiError::Unavailable("application state missing".into()))?;
             let mut conn = state.pool.get().await?;
             let found = tokens::authenticate(&mut conn, &token).await?;
-            found.map(|row| Caller { role: row.role }).ok_or(ApiError::Unauthorized)
+            found
+                .map(|row| Caller { role: row.role })
+                .ok_or(ApiError::Unauthorized)
         })
     }
 }

@@ -28,7 +28,11 @@ pub enum CommandError {
 
 /// Retries `connect` with capped exponential backoff, logging each failure, so a
 /// program started before its database waits instead of crash-looping silently.
-pub async fn with_backoff<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
+pub async fn with_backoff<
+    T,
+    E: std::fmt::Display,
+    F: std::future::Future<Output = Result<T, E>>,
+>(
     what: &str,
     attempts: u32,
     mut connect: impl FnMut() -> F,
@@ -64,7 +68,11 @@ pub async fn migrate(settings: &Settings) -> Result<usize, CommandError> {
     Ok(db::run_migrations(url).await?)
 }
 
-pub async fn create_token(settings: &Settings, admin: bool, description: &str) -> Result<SecretString, CommandError> {
+pub async fn create_token(
+    settings: &Settings,
+    admin: bool,
+    description: &str,
+) -> Result<SecretString, CommandError> {
     let mut conn = connect(settings).await?;
     let token = tokens::generate();
     let role = if admin { Role::Admin } else { Role::Member };
@@ -73,7 +81,10 @@ pub async fn create_token(settings: &Settings, admin: bool, description: &str) -
 }
 
 pub async fn rotate_keys(settings: &Settings) -> Result<usize, CommandError> {
-    let keys: &KeyRing = settings.encryption.as_ref().ok_or(CommandError::NoEncryptionKey)?;
+    let keys: &KeyRing = settings
+        .encryption
+        .as_ref()
+        .ok_or(CommandError::NoEncryptionKey)?;
     let mut conn = connect(settings).await?;
     Ok(reencrypt_all(&mut conn, keys).await?)
 }
@@ -91,7 +102,13 @@ pub async fn build_server(settings: Settings) -> Result<Application, CommandErro
             .get()
             .await
             .map_err(|err| db::DbSetupError::Migration(format!("no database connection: {err}")))?;
-        tokens::store(&mut conn, token, Role::Admin, "bootstrap token (TERRAPOD_AUTH__BOOTSTRAP_TOKEN)").await?;
+        tokens::store(
+            &mut conn,
+            token,
+            Role::Admin,
+            "bootstrap token (TERRAPOD_AUTH__BOOTSTRAP_TOKEN)",
+        )
+        .await?;
     }
     Ok(Application::build(settings, pool)?)
 }

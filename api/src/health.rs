@@ -22,7 +22,10 @@ pub async fn healthz() -> HttpResponse {
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let (database, broker) = tokio::join!(
         tokio::time::timeout(Duration::from_secs(3), db::ping(&state.pool)),
-        queue::check_broker(state.settings.amqp_url.expose_secret(), Duration::from_secs(3)),
+        queue::check_broker(
+            state.settings.amqp_url.expose_secret(),
+            Duration::from_secs(3)
+        ),
     );
     let database_ok = database.unwrap_or(false);
     let checks = json!({

@@ -22,8 +22,13 @@ pub const DEFAULT_PAGE_SIZE: i64 = 20;
 pub const MAX_PAGE_SIZE: i64 = 100;
 
 /// Reads the whole body, refusing more than `limit` bytes before buffering them.
-pub async fn read_body(req: &HttpRequest, payload: &mut Payload, limit: usize) -> Result<web::Bytes, ApiError> {
-    let too_large = || ApiError::PayloadTooLarge(format!("the request body is larger than {limit} bytes"));
+pub async fn read_body(
+    req: &HttpRequest,
+    payload: &mut Payload,
+    limit: usize,
+) -> Result<web::Bytes, ApiError> {
+    let too_large =
+        || ApiError::PayloadTooLarge(format!("the request body is larger than {limit} bytes"));
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -34,7 +39,8 @@ pub async fn read_body(req: &HttpRequest, payload: &mut Payload, limit: usize) -
     }
     let mut body = web::BytesMut::with_capacity(declared.unwrap_or(0));
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|err| ApiError::BadRequest(format!("cannot read the request body: {err}")))?;
+        let chunk = chunk
+            .map_err(|err| ApiError::BadRequest(format!("cannot read the request body: {err}")))?;
         if body.len() + chunk.len() > limit {
             return Err(too_large());
         }
@@ -46,9 +52,16 @@ pub async fn read_body(req: &HttpRequest, payload: &mut Payload, limit: usize) -
 /// Parses JSON: syntax errors are 400, well-formed JSON of the wrong shape is 422.
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|err| match err.classify() {
-        serde_json::error::Category::Data => ApiError::Unprocessable(format!("invalid document: {err}")),
+        serde_json::error::Category::Data => {
+            ApiError::Unprocessable(format!("invalid document: {err}"))
+        }
         _ => ApiError::BadRequest(format!("malformed JSON: {err}")),
     })
+}
+
+fn contains_escaped_nul(body: &[u8]) -> bool {
+    body.windows(6)
+        .any(|w| w[0] == b'\\' && w[1] == b'u' && w[2..].eq_ignore_ascii_case(b"0000"))
 }
 
 /// A JSON:API request document whose body was at most [`MAX_BODY_BYTES`].
@@ -64,7 +77,15 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonApiBody<T> {
         Box::pin(async move {
             let body = read_body(&req, &mut payload, MAX_BODY_BYTES).await?;
             if body.iter().all(u8::is_ascii_whitespace) {
-                return Err(ApiError::BadRequest("the request needs a JSON:API document body".into()));
+                return Err(ApiError::BadRequest(
+                    "the request needs a JSON:API document body".into(),
+                ));
+            }
+            if contains_escaped_nul(&body) {
+                // PostgreSQL text cannot hold NUL, and no attribute needs one.
+                return Err(ApiError::Unprocessable(
+                    "strings must not contain NUL (\\u0000) characters".into(),
+                ));
             }
             parse_json(&body).map(JsonApiBody)
         })
@@ -120,7 +141,10 @@ impl<A: Default, R: Default> InputResource<A, R> {
                 )));
             }
         }
-        Ok((self.attributes.unwrap_or_default(), self.relationships.unwrap_or_default()))
+        Ok((
+            self.attributes.unwrap_or_default(),
+            self.relationships.unwrap_or_default(),
+        ))
     }
 }
 
@@ -149,7 +173,11 @@ impl Page {
                     .parse::<i64>()
                     .ok()
                     .filter(|n| *n >= 1)
-                    .ok_or_else(|| ApiError::BadRequest(format!("{key} must be a whole number of at least 1, got `{value}`")))
+                    .ok_or_else(|| {
+                        ApiError::BadRequest(format!(
+                            "{key} must be a whole number of at least 1, got `{value}`"
+                        ))
+                    })
             };
             match key.as_str() {
                 "page[number]" => page.number = parsed()?.min(1_000_000_000),
@@ -191,7 +219,9 @@ pub fn relationship(kind: &str, id: Option<&str>) -> Value {
 }
 
 pub fn document(status: actix_web::http::StatusCode, data: Value) -> HttpResponse {
-    HttpResponse::build(status).content_type(CONTENT_TYPE).json(json!({ "data": data }))
+    HttpResponse::build(status)
+        .content_type(CONTENT_TYPE)
+        .json(json!({ "data": data }))
 }
 
 pub fn ok(data: Value) -> HttpResponse {
@@ -210,24 +240,37 @@ mod tests {
 
     #[test]
     fn pagination_meta_counts_pages() {
-        let page = Page { number: 2, size: 20 };
+        let page = Page {
+            number: 2,
+            size: 20,
+        };
         let meta = page.meta(45);
         assert_eq!(meta["pagination"]["total-pages"], 3);
         assert_eq!(meta["pagination"]["prev-page"], 1);
         assert_eq!(meta["pagination"]["next-page"], 3);
-        let empty = Page { number: 1, size: 20 }.meta(0);
+        let empty = Page {
+            number: 1,
+            size: 20,
+        }
+        .meta(0);
         assert_eq!(empty["pagination"]["total-pages"], 1);
         assert_eq!(empty["pagination"]["next-page"], Value::Null);
     }
 
     #[test]
     fn json_errors_are_classified() {
-        assert!(matches!(parse_json::<Value>(b"{"), Err(ApiError::BadRequest(_))));
+        assert!(matches!(
+            parse_json::<Value>(b"{"),
+            Err(ApiError::BadRequest(_))
+        ));
         #[derive(Deserialize, Debug)]
         #[allow(dead_code)]
         struct Wants {
             data: u32,
         }
-        assert!(matches!(parse_json::<Wants>(b"{\"data\":\"x\"}"), Err(ApiError::Unprocessable(_))));
+        assert!(matches!(
+            parse_json::<Wants>(b"{\"data\":\"x\"}"),
+            Err(ApiError::Unprocessable(_))
+        ));
     }
 }

@@ -11,7 +11,10 @@ use terrapod_shared::{telemetry, Settings};
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     // `keys generate` needs no configuration: it is how a first key is made.
-    if let Some(Command::Keys { command: KeysCommand::Generate }) = cli.command {
+    if let Some(Command::Keys {
+        command: KeysCommand::Generate,
+    }) = cli.command
+    {
         println!("{}", KeyRing::generate_key());
         return ExitCode::SUCCESS;
     }
@@ -27,15 +30,24 @@ async fn main() -> ExitCode {
         Command::Migrate => commands::migrate(&settings).await.map(|applied| {
             tracing::info!(applied, "migrations applied");
         }),
-        Command::Token { command: TokenCommand::Create { admin, description } } => {
-            commands::create_token(&settings, admin, &description).await.map(|token| {
+        Command::Token {
+            command: TokenCommand::Create { admin, description },
+        } => commands::create_token(&settings, admin, &description)
+            .await
+            .map(|token| {
                 println!("{}", token.expose_secret());
-            })
-        }
-        Command::Keys { command: KeysCommand::Rotate } => commands::rotate_keys(&settings).await.map(|count| {
-            tracing::info!(credentials = count, "credentials re-encrypted under the first key");
+            }),
+        Command::Keys {
+            command: KeysCommand::Rotate,
+        } => commands::rotate_keys(&settings).await.map(|count| {
+            tracing::info!(
+                credentials = count,
+                "credentials re-encrypted under the first key"
+            );
         }),
-        Command::Keys { command: KeysCommand::Generate } => unreachable!("handled before configuration"),
+        Command::Keys {
+            command: KeysCommand::Generate,
+        } => unreachable!("handled before configuration"),
         Command::Serve => serve(settings).await,
     };
     match result {

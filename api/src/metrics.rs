@@ -21,17 +21,27 @@ impl ApiMetrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let http_requests = IntCounterVec::new(
-            Opts::new("terrapod_http_requests_total", "HTTP requests answered, by route pattern and status"),
+            Opts::new(
+                "terrapod_http_requests_total",
+                "HTTP requests answered, by route pattern and status",
+            ),
             &["route", "status"],
         )
         .expect("valid metric");
         let webhooks_received = IntCounterVec::new(
-            Opts::new("terrapod_vcs_webhooks_received_total", "VCS webhooks received, by provider and result"),
+            Opts::new(
+                "terrapod_vcs_webhooks_received_total",
+                "VCS webhooks received, by provider and result",
+            ),
             &["provider", "result"],
         )
         .expect("valid metric");
-        registry.register(Box::new(http_requests.clone())).expect("registered once");
-        registry.register(Box::new(webhooks_received.clone())).expect("registered once");
+        registry
+            .register(Box::new(http_requests.clone()))
+            .expect("registered once");
+        registry
+            .register(Box::new(webhooks_received.clone()))
+            .expect("registered once");
         ApiMetrics {
             registry,
             http_requests,
@@ -61,9 +71,13 @@ pub async fn observe_requests(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
-    let route = req.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
+    let route = req
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
     let method = req.method().clone();
-    let metrics = req.app_data::<web::Data<AppState>>().map(|state| state.metrics.clone());
+    let metrics = req
+        .app_data::<web::Data<AppState>>()
+        .map(|state| state.metrics.clone());
     let response = next.call(req).await?;
     let status = response.status();
     if let Some(metrics) = metrics {
@@ -74,9 +88,9 @@ pub async fn observe_requests(
     }
     tracing::info!(
         target: "terrapod_api::http",
-        http.method = %method,
-        http.route = %route,
-        http.status = status.as_u16(),
+        method = %method,
+        route = %route,
+        status = status.as_u16(),
         duration_ms = started.elapsed().as_secs_f64() * 1000.0,
         "http"
     );

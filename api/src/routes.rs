@@ -50,7 +50,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 ))
                 .service(resource(
                     "/organizations/{org}/workspaces",
-                    vec![web::post().to(workspaces::create), web::get().to(workspaces::list)],
+                    vec![
+                        web::post().to(workspaces::create),
+                        web::get().to(workspaces::list),
+                    ],
                 ))
                 .service(resource(
                     "/organizations/{org}/workspaces/{name}",
@@ -64,10 +67,19 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                         web::delete().to(workspaces::delete),
                     ],
                 ))
-                .service(resource("/workspaces/{id}/runs", vec![web::get().to(runs::list)]))
+                .service(resource(
+                    "/workspaces/{id}/runs",
+                    vec![web::get().to(runs::list)],
+                ))
                 .service(resource("/runs/{id}", vec![web::get().to(runs::show)]))
-                .service(resource("/runs/{id}/actions/cancel", vec![web::post().to(runs::cancel)]))
-                .service(resource("/runs/{id}/actions/apply", vec![web::post().to(runs::apply)]))
+                .service(resource(
+                    "/runs/{id}/actions/cancel",
+                    vec![web::post().to(runs::cancel)],
+                ))
+                .service(resource(
+                    "/runs/{id}/actions/apply",
+                    vec![web::post().to(runs::apply)],
+                ))
                 .service(resource(
                     "/configuration-versions/{id}",
                     vec![web::get().to(configuration_versions::show)],

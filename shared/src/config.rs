@@ -104,7 +104,10 @@ impl Settings {
         Ok(Settings {
             database_url,
             amqp_url,
-            api_listen: env.parsed("TERRAPOD_API__LISTEN", SocketAddr::from(([0, 0, 0, 0], 8080)))?,
+            api_listen: env.parsed(
+                "TERRAPOD_API__LISTEN",
+                SocketAddr::from(([0, 0, 0, 0], 8080)),
+            )?,
             poller_listen: env.parsed(
                 "TERRAPOD_POLLER__LISTEN",
                 SocketAddr::from(([0, 0, 0, 0], 9090)),
@@ -166,7 +169,9 @@ impl Env<'_> {
         default: &str,
         schemes: &[&str],
     ) -> Result<SecretString, ConfigError> {
-        let raw = self.non_empty(variable).unwrap_or_else(|| default.to_owned());
+        let raw = self
+            .non_empty(variable)
+            .unwrap_or_else(|| default.to_owned());
         let parsed = Url::parse(raw.trim()).map_err(|err| ConfigError {
             variable,
             reason: format!("not a valid URL ({err})"),

@@ -81,7 +81,10 @@ mod tests {
         assert_eq!(rotated.decrypt(&token).unwrap().expose_secret(), "secret");
         let reencrypted = rotated.encrypt("secret");
         let new_only = KeyRing::parse(&new).unwrap();
-        assert_eq!(new_only.decrypt(&reencrypted).unwrap().expose_secret(), "secret");
+        assert_eq!(
+            new_only.decrypt(&reencrypted).unwrap().expose_secret(),
+            "secret"
+        );
         assert!(new_only.decrypt(&token).is_err());
     }
 

@@ -127,7 +127,9 @@ impl BranchName {
             return Err(bad("must not end with `.` or `.lock`, nor be `@`"));
         }
         if raw.contains("..") || raw.contains("//") || raw.contains("@{") || raw.contains("/.") {
-            return Err(bad("must not contain `..`, `//`, `@{` or a component starting with `.`"));
+            return Err(bad(
+                "must not contain `..`, `//`, `@{` or a component starting with `.`",
+            ));
         }
         if raw.starts_with('.') {
             return Err(bad("must not start with `.`"));
@@ -136,7 +138,9 @@ impl BranchName {
             .chars()
             .any(|c| c.is_control() || c.is_whitespace() || "~^:?*[\\".contains(c))
         {
-            return Err(bad("must not contain spaces, control characters or any of ~^:?*[\\"));
+            return Err(bad(
+                "must not contain spaces, control characters or any of ~^:?*[\\",
+            ));
         }
         Ok(Self(raw.to_owned()))
     }
@@ -266,7 +270,10 @@ mod tests {
     #[test]
     fn working_directories_stay_inside_the_repository() {
         assert_eq!(WorkingDirectory::parse("").unwrap().as_str(), "");
-        assert_eq!(WorkingDirectory::parse("./infra/prod/").unwrap().as_str(), "infra/prod");
+        assert_eq!(
+            WorkingDirectory::parse("./infra/prod/").unwrap().as_str(),
+            "infra/prod"
+        );
         assert_eq!(WorkingDirectory::parse("a//b").unwrap().as_str(), "a/b");
         for bad in ["/etc", "../x", "a/../../b", "a/..", "\\x", "a\0b"] {
             assert!(WorkingDirectory::parse(bad).is_err(), "{bad:?}");
@@ -287,7 +294,9 @@ mod tests {
         for good in ["", "main", "feature/x-1", "release-1.2", "user/a_b"] {
             assert!(BranchName::parse(good).is_ok(), "{good}");
         }
-        for bad in ["-x", "a..b", "a b", "a~1", "x.lock", "/a", "a/", ".hidden", "a/.b", "a:b", "a\nb", "@"] {
+        for bad in [
+            "-x", "a..b", "a b", "a~1", "x.lock", "/a", "a/", ".hidden", "a/.b", "a:b", "a\nb", "@",
+        ] {
             assert!(BranchName::parse(bad).is_err(), "{bad:?}");
         }
     }

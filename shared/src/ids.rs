@@ -130,7 +130,14 @@ mod tests {
     fn foreign_or_malformed_ids_are_refused() {
         let run = RunId::generate();
         assert!(WorkspaceId::parse(run.as_str()).is_err());
-        for bad in ["", "ws-", "ws-short", "ws-0000000000000000", "ws-abc/../../etc", "WS-abcdefghijkmnopq"] {
+        for bad in [
+            "",
+            "ws-",
+            "ws-short",
+            "ws-0000000000000000",
+            "ws-abc/../../etc",
+            "WS-abcdefghijkmnopq",
+        ] {
             assert!(WorkspaceId::parse(bad).is_err(), "{bad}");
         }
     }

@@ -107,15 +107,26 @@ pub fn run_message(commit_sha: &CommitSha, trigger: &VcsTrigger) -> String {
             commit_title,
             ..
         } => {
-            let mut message = format!("Triggered by commit {} on {}", commit_sha.short(), branch.as_str());
-            if let Some(title) = commit_title.as_deref().map(first_line).filter(|t| !t.is_empty()) {
+            let mut message = format!(
+                "Triggered by commit {} on {}",
+                commit_sha.short(),
+                branch.as_str()
+            );
+            if let Some(title) = commit_title
+                .as_deref()
+                .map(first_line)
+                .filter(|t| !t.is_empty())
+            {
                 message.push_str(": ");
                 message.push_str(&truncate(title));
             }
             message
         }
         VcsTrigger::PullRequest { number, title, .. } => {
-            format!("Speculative plan for PR #{number}: {}", truncate(first_line(title)))
+            format!(
+                "Speculative plan for PR #{number}: {}",
+                truncate(first_line(title))
+            )
         }
     }
 }
@@ -163,7 +174,9 @@ async fn record(conn: &mut AsyncPgConnection, new: &NewVcsRun<'_>) -> Result<Run
             // the existence check below sees any run committed before us.
             let advanced = diesel::update(workspaces::table)
                 .filter(workspaces::id.eq(new.workspace_id))
-                .filter(workspaces::vcs_last_commit_sha.is_not_distinct_from(previous_sha.as_deref()))
+                .filter(
+                    workspaces::vcs_last_commit_sha.is_not_distinct_from(previous_sha.as_deref()),
+                )
                 .set(workspaces::vcs_last_commit_sha.eq(sha))
                 .execute(conn)
                 .await?;
@@ -186,7 +199,12 @@ async fn record(conn: &mut AsyncPgConnection, new: &NewVcsRun<'_>) -> Result<Run
         }
         VcsTrigger::PullRequest {
             number, head_ref, ..
-        } => (head_ref.clone(), Some(*number), true, TriggerReason::PullRequest),
+        } => (
+            head_ref.clone(),
+            Some(*number),
+            true,
+            TriggerReason::PullRequest,
+        ),
     };
 
     diesel::insert_into(configuration_archives::table)
@@ -241,7 +259,10 @@ async fn record(conn: &mut AsyncPgConnection, new: &NewVcsRun<'_>) -> Result<Run
             .filter(runs::vcs_pull_request_number.eq(number))
             .filter(runs::vcs_commit_sha.ne(sha))
             .filter(runs::status.eq(RunStatus::Pending))
-            .set((runs::status.eq(RunStatus::Canceled), runs::updated_at.eq(diesel::dsl::now)))
+            .set((
+                runs::status.eq(RunStatus::Canceled),
+                runs::updated_at.eq(diesel::dsl::now),
+            ))
             .execute(conn)
             .await?;
     }
@@ -267,13 +288,19 @@ mod tests {
             commit_title: Some("Add VPC\n\nlong body".into()),
             previous_sha: None,
         };
-        assert_eq!(run_message(&sha(), &trigger), "Triggered by commit 01234567 on main: Add VPC");
+        assert_eq!(
+            run_message(&sha(), &trigger),
+            "Triggered by commit 01234567 on main: Add VPC"
+        );
         let untitled = VcsTrigger::Push {
             branch: BranchName::parse("main").unwrap(),
             commit_title: None,
             previous_sha: None,
         };
-        assert_eq!(run_message(&sha(), &untitled), "Triggered by commit 01234567 on main");
+        assert_eq!(
+            run_message(&sha(), &untitled),
+            "Triggered by commit 01234567 on main"
+        );
     }
 
     #[test]

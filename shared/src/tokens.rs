@@ -24,7 +24,9 @@ pub fn generate() -> SecretString {
 }
 
 pub fn digest_of(token: &str) -> Vec<u8> {
-    digest::digest(&digest::SHA256, token.as_bytes()).as_ref().to_vec()
+    digest::digest(&digest::SHA256, token.as_bytes())
+        .as_ref()
+        .to_vec()
 }
 
 /// Stores a token's digest with a role; an existing token keeps its row but takes the role.
@@ -49,7 +51,10 @@ pub async fn store(
 }
 
 /// The token's row, if the presented token is known.
-pub async fn authenticate(conn: &mut AsyncPgConnection, presented: &str) -> QueryResult<Option<ApiToken>> {
+pub async fn authenticate(
+    conn: &mut AsyncPgConnection,
+    presented: &str,
+) -> QueryResult<Option<ApiToken>> {
     api_tokens::table
         .filter(api_tokens::token_sha256.eq(digest_of(presented)))
         .select(ApiToken::as_select())

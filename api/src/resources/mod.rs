@@ -12,7 +12,9 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 /// The constraint a unique violation tripped, if that is what `err` is.
 pub(crate) fn unique_violation(err: &DieselError) -> Option<&str> {
     match err {
-        DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => info.constraint_name(),
+        DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => {
+            info.constraint_name()
+        }
         _ => None,
     }
 }

@@ -8,7 +8,9 @@ use std::time::Duration;
 use diesel::ConnectionError;
 use diesel_async::pooled_connection::deadpool::{BuildError, Pool};
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
-use diesel_async::{AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use diesel_async::{
+    AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection,
+};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use futures_util::FutureExt;
 use url::Url;
@@ -37,7 +39,11 @@ pub enum DbSetupError {
 }
 
 /// A pool whose connections carry `application_name` and a statement timeout.
-pub fn pool(database_url: &str, application_name: &'static str, max_size: usize) -> Result<DbPool, DbSetupError> {
+pub fn pool(
+    database_url: &str,
+    application_name: &'static str,
+    max_size: usize,
+) -> Result<DbPool, DbSetupError> {
     let mut config = ManagerConfig::<AsyncPgConnection>::default();
     config.custom_setup = Box::new(move |url| {
         async move {
@@ -76,18 +82,26 @@ pub async fn create_database_if_missing(database_url: &str) -> Result<bool, DbSe
         #[diesel(sql_type = diesel::sql_types::Bool)]
         exists: bool,
     }
-    let found: Exists = diesel::sql_query("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS exists")
-        .bind::<diesel::sql_types::Text, _>(&name)
-        .get_result(&mut conn)
-        .await?;
+    let found: Exists =
+        diesel::sql_query("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS exists")
+            .bind::<diesel::sql_types::Text, _>(&name)
+            .get_result(&mut conn)
+            .await?;
     if found.exists {
         return Ok(false);
     }
     let quoted = format!("\"{}\"", name.replace('"', "\"\""));
-    match diesel::sql_query(format!("CREATE DATABASE {quoted}")).execute(&mut conn).await {
+    match diesel::sql_query(format!("CREATE DATABASE {quoted}"))
+        .execute(&mut conn)
+        .await
+    {
         Ok(_) => Ok(true),
         // Another process created it between our check and our CREATE.
-        Err(diesel::result::Error::DatabaseError(_, info)) if info.message().contains("already exists") => Ok(false),
+        Err(diesel::result::Error::DatabaseError(_, info))
+            if info.message().contains("already exists") =>
+        {
+            Ok(false)
+        }
         Err(err) => Err(err.into()),
     }
 }
@@ -112,5 +126,8 @@ pub async fn ping(pool: &DbPool) -> bool {
     let Ok(mut conn) = pool.get().await else {
         return false;
     };
-    diesel::sql_query("SELECT 1").execute(&mut conn).await.is_ok()
+    diesel::sql_query("SELECT 1")
+        .execute(&mut conn)
+        .await
+        .is_ok()
 }

@@ -113,7 +113,9 @@ fn split_host_and_path(raw: &str) -> Option<(&str, &str)> {
         }
         let (authority, path) = rest.split_once('/')?;
         let host = match authority.rsplit_once(':') {
-            Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => host,
+            Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+                host
+            }
             Some(_) => return None,
             None => authority,
         };
@@ -122,7 +124,9 @@ fn split_host_and_path(raw: &str) -> Option<(&str, &str)> {
     if let Some(rest) = raw.strip_prefix("ssh://") {
         let rest = rest.strip_prefix("git@").unwrap_or(rest);
         let (authority, path) = rest.split_once('/')?;
-        let host = authority.split_once(':').map_or(authority, |(host, _port)| host);
+        let host = authority
+            .split_once(':')
+            .map_or(authority, |(host, _port)| host);
         return Some((host, path));
     }
     let rest = raw.strip_prefix("git@")?;
@@ -138,7 +142,9 @@ fn valid_host(host: &str) -> bool {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
 }
 
@@ -179,8 +185,14 @@ mod tests {
     fn every_gitlab_form_in_the_spec_parses() {
         for (raw, path) in [
             ("https://gitlab.com/group/project", "group/project"),
-            ("https://gitlab.com/group/subgroup/project", "group/subgroup/project"),
-            ("https://gitlab.example.com/group/project.git", "group/project"),
+            (
+                "https://gitlab.com/group/subgroup/project",
+                "group/subgroup/project",
+            ),
+            (
+                "https://gitlab.example.com/group/project.git",
+                "group/project",
+            ),
             ("git@gitlab.com:group/project.git", "group/project"),
             ("https://gitlab.com/group/project/", "group/project"),
             ("git@gitlab.com:a/b/c/d.git", "a/b/c/d"),
@@ -204,7 +216,10 @@ mod tests {
             (Provider::GitHub, "https://github.com/org/.."),
             (Provider::GitHub, "ftp://github.com/org/repo"),
             (Provider::GitLab, "https://gitlab.com/project"),
-            (Provider::GitLab, "https://gitlab.com/group/project/-/tree/main"),
+            (
+                Provider::GitLab,
+                "https://gitlab.com/group/project/-/tree/main",
+            ),
             (Provider::GitLab, "git@gitlab.com/group/project.git"),
             (Provider::GitLab, "https://bad_host!/a/b"),
         ] {

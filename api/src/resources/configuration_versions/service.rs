@@ -10,7 +10,10 @@ fn parse_id(id: &str) -> Result<ConfigurationVersionId, ApiError> {
     ConfigurationVersionId::parse(id).map_err(|_| ApiError::not_found("configuration version", id))
 }
 
-pub async fn find(conn: &mut AsyncPgConnection, id: &str) -> Result<ConfigurationVersion, ApiError> {
+pub async fn find(
+    conn: &mut AsyncPgConnection,
+    id: &str,
+) -> Result<ConfigurationVersion, ApiError> {
     configuration_versions::table
         .find(&parse_id(id)?)
         .select(ConfigurationVersion::as_select())

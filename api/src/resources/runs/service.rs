@@ -48,7 +48,12 @@ pub async fn list_for_workspace(
 }
 
 /// Moves the run from `from` to `to` atomically; `None` if it was not in `from`.
-async fn transition(conn: &mut AsyncPgConnection, run: &Run, from: RunStatus, to: RunStatus) -> Result<Option<Run>, ApiError> {
+async fn transition(
+    conn: &mut AsyncPgConnection,
+    run: &Run,
+    from: RunStatus,
+    to: RunStatus,
+) -> Result<Option<Run>, ApiError> {
     Ok(diesel::update(runs::table.find(&run.id))
         .filter(runs::status.eq(from))
         .set((runs::status.eq(to), runs::updated_at.eq(diesel::dsl::now)))
@@ -63,16 +68,28 @@ pub async fn cancel(conn: &mut AsyncPgConnection, id: &str) -> Result<Run, ApiEr
     let run = find(conn, id).await?;
     transition(conn, &run, RunStatus::Pending, RunStatus::Canceled)
         .await?
-        .ok_or_else(|| ApiError::Conflict(format!("only pending runs can be canceled; this run is {}", run.status)))
+        .ok_or_else(|| {
+            ApiError::Conflict(format!(
+                "only pending runs can be canceled; this run is {}",
+                run.status
+            ))
+        })
 }
 
 /// Confirms a run that is waiting for it (`planned`). Plan-only runs never apply.
 pub async fn apply(conn: &mut AsyncPgConnection, id: &str) -> Result<Run, ApiError> {
     let run = find(conn, id).await?;
     if run.plan_only {
-        return Err(ApiError::Conflict("plan-only runs cannot be applied".into()));
+        return Err(ApiError::Conflict(
+            "plan-only runs cannot be applied".into(),
+        ));
     }
     transition(conn, &run, RunStatus::Planned, RunStatus::ApplyQueued)
         .await?
-        .ok_or_else(|| ApiError::Conflict(format!("the run is not awaiting confirmation; it is {}", run.status)))
+        .ok_or_else(|| {
+            ApiError::Conflict(format!(
+                "the run is not awaiting confirmation; it is {}",
+                run.status
+            ))
+        })
 }

@@ -23,9 +23,18 @@ pub async fn create(
     caller.require_admin()?;
     let (attrs, _) = body.0.data.accept(KIND, None)?;
     let mut conn = state.pool.get().await?;
-    let created = service::create(&mut conn, state.settings.encryption.as_ref(), &organization, attrs).await?;
+    let created = service::create(
+        &mut conn,
+        state.settings.encryption.as_ref(),
+        &organization,
+        attrs,
+    )
+    .await?;
     tracing::info!(vcs_connection.id = %created.id, provider = %created.provider, "VCS connection created");
-    Ok(jsonapi::document(StatusCode::CREATED, view::render(&created)))
+    Ok(jsonapi::document(
+        StatusCode::CREATED,
+        view::render(&created),
+    ))
 }
 
 pub async fn list(
@@ -37,12 +46,22 @@ pub async fn list(
     let page = Page::from_query(&req)?;
     let mut conn = state.pool.get().await?;
     let (rows, total) = service::list(&mut conn, &organization, page).await?;
-    Ok(jsonapi::list(rows.iter().map(view::render).collect(), page, total))
+    Ok(jsonapi::list(
+        rows.iter().map(view::render).collect(),
+        page,
+        total,
+    ))
 }
 
-pub async fn show(_caller: Caller, state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn show(
+    _caller: Caller,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let mut conn = state.pool.get().await?;
-    Ok(jsonapi::ok(view::render(&service::find(&mut conn, &id).await?)))
+    Ok(jsonapi::ok(view::render(
+        &service::find(&mut conn, &id).await?,
+    )))
 }
 
 pub async fn update(
@@ -54,11 +73,16 @@ pub async fn update(
     caller.require_admin()?;
     let (attrs, _) = body.0.data.accept(KIND, Some(&id))?;
     let mut conn = state.pool.get().await?;
-    let updated = service::update(&mut conn, state.settings.encryption.as_ref(), &id, attrs).await?;
+    let updated =
+        service::update(&mut conn, state.settings.encryption.as_ref(), &id, attrs).await?;
     Ok(jsonapi::ok(view::render(&updated)))
 }
 
-pub async fn delete(caller: Caller, state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn delete(
+    caller: Caller,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
     let mut conn = state.pool.get().await?;
     service::delete(&mut conn, &id).await?;

@@ -70,7 +70,10 @@ fn missing_key() -> ApiError {
 
 fn parse_name(raw: &str) -> Result<String, ApiError> {
     let name = raw.trim();
-    if name.is_empty() || name.chars().count() > MAX_NAME_CHARS || name.chars().any(char::is_control) {
+    if name.is_empty()
+        || name.chars().count() > MAX_NAME_CHARS
+        || name.chars().any(char::is_control)
+    {
         return Err(ApiError::Unprocessable(format!(
             "name must be 1 to {MAX_NAME_CHARS} printable characters"
         )));
@@ -82,7 +85,8 @@ fn parse_name(raw: &str) -> Result<String, ApiError> {
 fn parse_server_url(raw: &str) -> Result<String, ApiError> {
     let invalid = || {
         ApiError::Unprocessable(
-            "server-url must be an http:// or https:// URL without credentials, query or fragment".into(),
+            "server-url must be an http:// or https:// URL without credentials, query or fragment"
+                .into(),
         )
     };
     let url = Url::parse(raw.trim()).map_err(|_| invalid())?;
@@ -101,16 +105,24 @@ fn parse_server_url(raw: &str) -> Result<String, ApiError> {
 /// A GitHub App key must be an RSA private key that can sign the app's JWTs; it is
 /// proven by signing a throwaway token. The key never appears in the error.
 fn validate_private_key(pem: &SecretString) -> Result<(), ApiError> {
-    let invalid = || ApiError::Unprocessable("private-key must be a PEM-encoded RSA private key".into());
+    let invalid =
+        || ApiError::Unprocessable("private-key must be a PEM-encoded RSA private key".into());
     let key = EncodingKey::from_rsa_pem(pem.expose_secret().as_bytes()).map_err(|_| invalid())?;
-    jsonwebtoken::encode(&Header::new(Algorithm::RS256), &serde_json::json!({"probe": true}), &key)
-        .map(drop)
-        .map_err(|_| invalid())
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::RS256),
+        &serde_json::json!({"probe": true}),
+        &key,
+    )
+    .map(drop)
+    .map_err(|_| invalid())
 }
 
 fn validate_token(token: &SecretString) -> Result<(), ApiError> {
     let token = token.expose_secret();
-    if token.trim().is_empty() || token.len() > 4096 || token.chars().any(|c| c.is_control() || c == ' ') {
+    if token.trim().is_empty()
+        || token.len() > 4096
+        || token.chars().any(|c| c.is_control() || c == ' ')
+    {
         return Err(ApiError::Unprocessable(
             "token must be a non-empty GitLab access token without spaces".into(),
         ));
@@ -120,7 +132,10 @@ fn validate_token(token: &SecretString) -> Result<(), ApiError> {
 
 /// Checks the attributes that only make sense for one provider, and returns the
 /// credential to encrypt, if the request carries one.
-fn credential_for(provider: Provider, attrs: &ConnectionAttributes) -> Result<Option<SecretString>, ApiError> {
+fn credential_for(
+    provider: Provider,
+    attrs: &ConnectionAttributes,
+) -> Result<Option<SecretString>, ApiError> {
     match provider {
         Provider::GitHub => {
             if attrs.token.is_some() {
@@ -159,11 +174,12 @@ fn parse_status(raw: &str) -> Result<ConnectionStatus, ApiError> {
 
 fn map_conflict(err: diesel::result::Error) -> ApiError {
     match unique_violation(&err) {
-        Some("vcs_connections_name_unique") => {
-            ApiError::Unprocessable("name has already been taken by another VCS connection in this organization".into())
-        }
+        Some("vcs_connections_name_unique") => ApiError::Unprocessable(
+            "name has already been taken by another VCS connection in this organization".into(),
+        ),
         Some("vcs_connections_github_installation_unique") => ApiError::Unprocessable(
-            "a VCS connection for this GitHub App installation on this server already exists".into(),
+            "a VCS connection for this GitHub App installation on this server already exists"
+                .into(),
         ),
         _ => err.into(),
     }
@@ -176,19 +192,37 @@ pub async fn create(
     attrs: ConnectionAttributes,
 ) -> Result<VcsConnection, ApiError> {
     organizations::ensure_exists(conn, organization).await?;
-    let name = parse_name(attrs.name.as_deref().ok_or_else(|| ApiError::Unprocessable("name is required".into()))?)?;
+    let name = parse_name(
+        attrs
+            .name
+            .as_deref()
+            .ok_or_else(|| ApiError::Unprocessable("name is required".into()))?,
+    )?;
     let provider: Provider = attrs
         .provider
         .as_deref()
-        .ok_or_else(|| ApiError::Unprocessable("provider is required (`github` or `gitlab`)".into()))?
+        .ok_or_else(|| {
+            ApiError::Unprocessable("provider is required (`github` or `gitlab`)".into())
+        })?
         .parse()
         .map_err(|err| ApiError::Unprocessable(format!("provider: {err}")))?;
-    let server_url = match attrs.server_url.as_deref().filter(|url| !url.trim().is_empty()) {
+    let server_url = match attrs
+        .server_url
+        .as_deref()
+        .filter(|url| !url.trim().is_empty())
+    {
         Some(raw) => parse_server_url(raw)?,
         None => provider.default_server_url().to_owned(),
     };
-    let status = attrs.status.as_deref().map(parse_status).transpose()?.unwrap_or(ConnectionStatus::Active);
-    if provider == Provider::GitHub && (attrs.github_app_id.is_none() || attrs.github_installation_id.is_none()) {
+    let status = attrs
+        .status
+        .as_deref()
+        .map(parse_status)
+        .transpose()?
+        .unwrap_or(ConnectionStatus::Active);
+    if provider == Provider::GitHub
+        && (attrs.github_app_id.is_none() || attrs.github_installation_id.is_none())
+    {
         return Err(ApiError::Unprocessable(
             "github-app-id and github-installation-id are required for GitHub connections".into(),
         ));
@@ -260,18 +294,25 @@ pub async fn update(
     let existing = find(conn, id).await?;
     if let Some(provider) = attrs.provider.as_deref() {
         if provider != existing.provider.as_str() {
-            return Err(ApiError::Unprocessable("provider cannot be changed; create a new connection".into()));
+            return Err(ApiError::Unprocessable(
+                "provider cannot be changed; create a new connection".into(),
+            ));
         }
     }
     let credential = credential_for(existing.provider, &attrs)?;
     let encrypted_credential = match credential {
-        Some(secret) => Some(keys.ok_or_else(missing_key)?.encrypt(secret.expose_secret())),
+        Some(secret) => Some(
+            keys.ok_or_else(missing_key)?
+                .encrypt(secret.expose_secret()),
+        ),
         None => None,
     };
     let changes = VcsConnectionChanges {
         name: attrs.name.as_deref().map(parse_name).transpose()?,
         server_url: match attrs.server_url.as_deref() {
-            Some(raw) if raw.trim().is_empty() => Some(existing.provider.default_server_url().to_owned()),
+            Some(raw) if raw.trim().is_empty() => {
+                Some(existing.provider.default_server_url().to_owned())
+            }
             Some(raw) => Some(parse_server_url(raw)?),
             None => None,
         },
@@ -317,7 +358,10 @@ pub async fn delete(conn: &mut AsyncPgConnection, id: &str) -> Result<(), ApiErr
 
 /// Re-encrypts every stored credential under the key ring's first key; returns how
 /// many were rewritten. One transaction: a failure leaves every row as it was.
-pub async fn reencrypt_all(conn: &mut AsyncPgConnection, keys: &KeyRing) -> Result<usize, RotateError> {
+pub async fn reencrypt_all(
+    conn: &mut AsyncPgConnection,
+    keys: &KeyRing,
+) -> Result<usize, RotateError> {
     conn.transaction::<_, RotateError, _>(async |conn| {
         let rows: Vec<(VcsConnectionId, Option<String>)> = vcs_connections::table
             .select((vcs_connections::id, vcs_connections::encrypted_credential))
@@ -326,8 +370,12 @@ pub async fn reencrypt_all(conn: &mut AsyncPgConnection, keys: &KeyRing) -> Resu
             .await?;
         let mut rewritten = 0;
         for (id, ciphertext) in rows {
-            let Some(ciphertext) = ciphertext else { continue };
-            let clear = keys.decrypt(&ciphertext).map_err(|_| RotateError::Undecryptable(id.clone()))?;
+            let Some(ciphertext) = ciphertext else {
+                continue;
+            };
+            let clear = keys
+                .decrypt(&ciphertext)
+                .map_err(|_| RotateError::Undecryptable(id.clone()))?;
             diesel::update(vcs_connections::table.find(&id))
                 .set(vcs_connections::encrypted_credential.eq(keys.encrypt(clear.expose_secret())))
                 .execute(conn)
@@ -353,8 +401,14 @@ mod tests {
 
     #[test]
     fn server_urls_are_normalised_or_refused() {
-        assert_eq!(parse_server_url("https://ghe.example.com/api/v3/").unwrap(), "https://ghe.example.com/api/v3");
-        assert_eq!(parse_server_url("http://127.0.0.1:9000").unwrap(), "http://127.0.0.1:9000");
+        assert_eq!(
+            parse_server_url("https://ghe.example.com/api/v3/").unwrap(),
+            "https://ghe.example.com/api/v3"
+        );
+        assert_eq!(
+            parse_server_url("http://127.0.0.1:9000").unwrap(),
+            "http://127.0.0.1:9000"
+        );
         for bad in ["", "ftp://x", "https://u:p@x", "https://x/?q", "not a url"] {
             assert!(parse_server_url(bad).is_err(), "{bad}");
         }
@@ -362,7 +416,9 @@ mod tests {
 
     #[test]
     fn private_key_errors_never_echo_the_key() {
-        let secret = SecretString::from("-----BEGIN RSA PRIVATE KEY-----\nhunter2\n-----END RSA PRIVATE KEY-----");
+        let secret = SecretString::from(
+            "-----BEGIN RSA PRIVATE KEY-----\nhunter2\n-----END RSA PRIVATE KEY-----",
+        );
         let err = validate_private_key(&secret).unwrap_err().to_string();
         assert!(!err.contains("hunter2"));
     }

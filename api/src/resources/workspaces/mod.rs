@@ -26,7 +26,10 @@ pub async fn create(
     let mut conn = state.pool.get().await?;
     let created = service::create(&mut conn, &organization, attrs, relationships).await?;
     tracing::info!(workspace.id = %created.id, "workspace created");
-    Ok(jsonapi::document(StatusCode::CREATED, view::render(&created)))
+    Ok(jsonapi::document(
+        StatusCode::CREATED,
+        view::render(&created),
+    ))
 }
 
 pub async fn list(
@@ -38,7 +41,11 @@ pub async fn list(
     let page = Page::from_query(&req)?;
     let mut conn = state.pool.get().await?;
     let (rows, total) = service::list(&mut conn, &organization, page).await?;
-    Ok(jsonapi::list(rows.iter().map(view::render).collect(), page, total))
+    Ok(jsonapi::list(
+        rows.iter().map(view::render).collect(),
+        page,
+        total,
+    ))
 }
 
 pub async fn show_by_name(
@@ -48,12 +55,20 @@ pub async fn show_by_name(
 ) -> Result<HttpResponse, ApiError> {
     let (organization, name) = path.into_inner();
     let mut conn = state.pool.get().await?;
-    Ok(jsonapi::ok(view::render(&service::find_by_name(&mut conn, &organization, &name).await?)))
+    Ok(jsonapi::ok(view::render(
+        &service::find_by_name(&mut conn, &organization, &name).await?,
+    )))
 }
 
-pub async fn show(_caller: Caller, state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn show(
+    _caller: Caller,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let mut conn = state.pool.get().await?;
-    Ok(jsonapi::ok(view::render(&service::find(&mut conn, &id).await?)))
+    Ok(jsonapi::ok(view::render(
+        &service::find(&mut conn, &id).await?,
+    )))
 }
 
 pub async fn update(
@@ -68,7 +83,11 @@ pub async fn update(
     Ok(jsonapi::ok(view::render(&updated.workspace)))
 }
 
-pub async fn delete(_caller: Caller, state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn delete(
+    _caller: Caller,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let mut conn = state.pool.get().await?;
     service::delete(&mut conn, &id).await?;
     Ok(HttpResponse::NoContent().finish())

@@ -38,7 +38,9 @@ pub struct WorkspaceRelationships {
 
 /// A present `null` means "clear it" (`""`); an absent key means "leave it".
 fn null_as_empty<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
-    Ok(Some(Option::<String>::deserialize(deserializer)?.unwrap_or_default()))
+    Ok(Some(
+        Option::<String>::deserialize(deserializer)?.unwrap_or_default(),
+    ))
 }
 
 fn unprocessable(err: impl std::fmt::Display) -> ApiError {
@@ -47,9 +49,9 @@ fn unprocessable(err: impl std::fmt::Display) -> ApiError {
 
 fn map_conflict(err: diesel::result::Error) -> ApiError {
     match unique_violation(&err) {
-        Some("workspaces_name_unique") => {
-            ApiError::Unprocessable("name has already been taken by another workspace in this organization".into())
-        }
+        Some("workspaces_name_unique") => ApiError::Unprocessable(
+            "name has already been taken by another workspace in this organization".into(),
+        ),
         _ => err.into(),
     }
 }
@@ -59,13 +61,16 @@ fn working_directory(attrs: &WorkspaceAttributes) -> Result<Option<WorkingDirect
     let raw = match (&attrs.vcs_working_directory, &attrs.working_directory) {
         (Some(a), Some(b)) if a != b => {
             return Err(ApiError::Unprocessable(
-                "vcs-working-directory and working-directory are aliases and must not differ".into(),
+                "vcs-working-directory and working-directory are aliases and must not differ"
+                    .into(),
             ))
         }
         (Some(dir), _) | (None, Some(dir)) => dir,
         (None, None) => return Ok(None),
     };
-    WorkingDirectory::parse(raw).map(Some).map_err(unprocessable)
+    WorkingDirectory::parse(raw)
+        .map(Some)
+        .map_err(unprocessable)
 }
 
 /// The connection a request links, which must exist in the workspace's organization.
@@ -101,7 +106,10 @@ async fn linked_connection(
         .ok_or_else(missing)
 }
 
-async fn connection_by_id(conn: &mut AsyncPgConnection, id: &VcsConnectionId) -> Result<Option<VcsConnection>, ApiError> {
+async fn connection_by_id(
+    conn: &mut AsyncPgConnection,
+    id: &VcsConnectionId,
+) -> Result<Option<VcsConnection>, ApiError> {
     Ok(vcs_connections::table
         .find(id)
         .select(VcsConnection::as_select())
@@ -121,7 +129,9 @@ fn check_link(url: &str, connection: Option<&VcsConnection>) -> Result<(), ApiEr
         (true, Some(_)) => Err(ApiError::Unprocessable(
             "a vcs-connection needs a vcs-repo-url to poll".into(),
         )),
-        (false, Some(connection)) => RepoUrl::parse(connection.provider, url).map(drop).map_err(unprocessable),
+        (false, Some(connection)) => RepoUrl::parse(connection.provider, url)
+            .map(drop)
+            .map_err(unprocessable),
     }
 }
 
@@ -132,14 +142,22 @@ pub async fn create(
     relationships: WorkspaceRelationships,
 ) -> Result<Workspace, ApiError> {
     organizations::ensure_exists(conn, organization).await?;
-    let name = ResourceName::parse(attrs.name.as_deref().ok_or_else(|| ApiError::Unprocessable("name is required".into()))?)
-        .map_err(unprocessable)?;
+    let name = ResourceName::parse(
+        attrs
+            .name
+            .as_deref()
+            .ok_or_else(|| ApiError::Unprocessable("name is required".into()))?,
+    )
+    .map_err(unprocessable)?;
     let execution_mode = match attrs.execution_mode.as_deref() {
-        Some(raw) => raw.parse().map_err(|err| ApiError::Unprocessable(format!("execution-mode: {err}")))?,
+        Some(raw) => raw
+            .parse()
+            .map_err(|err| ApiError::Unprocessable(format!("execution-mode: {err}")))?,
         None => ExecutionMode::Remote,
     };
     let directory = working_directory(&attrs)?.unwrap_or_default();
-    let branch = BranchName::parse(attrs.vcs_branch.as_deref().unwrap_or_default()).map_err(unprocessable)?;
+    let branch = BranchName::parse(attrs.vcs_branch.as_deref().unwrap_or_default())
+        .map_err(unprocessable)?;
     let connection = match &relationships.vcs_connection {
         Some(relationship) => linked_connection(conn, organization, relationship).await?,
         None => None,
@@ -177,19 +195,28 @@ pub async fn find(conn: &mut AsyncPgConnection, id: &str) -> Result<Workspace, A
         .ok_or_else(not_found)
 }
 
-pub async fn find_by_name(conn: &mut AsyncPgConnection, organization: &str, name: &str) -> Result<Workspace, ApiError> {
+pub async fn find_by_name(
+    conn: &mut AsyncPgConnection,
+    organization: &str,
+    name: &str,
+) -> Result<Workspace, ApiError> {
     organizations::ensure_exists(conn, organization).await?;
+    let name = ResourceName::parse(name).map_err(|_| ApiError::not_found("workspace", name))?;
     workspaces::table
         .filter(workspaces::organization_name.eq(organization))
-        .filter(workspaces::name.eq(name))
+        .filter(workspaces::name.eq(name.as_str()))
         .select(Workspace::as_select())
         .first(conn)
         .await
         .optional()?
-        .ok_or_else(|| ApiError::not_found("workspace", name))
+        .ok_or_else(|| ApiError::not_found("workspace", name.as_str()))
 }
 
-pub async fn list(conn: &mut AsyncPgConnection, organization: &str, page: Page) -> Result<(Vec<Workspace>, i64), ApiError> {
+pub async fn list(
+    conn: &mut AsyncPgConnection,
+    organization: &str,
+    page: Page,
+) -> Result<(Vec<Workspace>, i64), ApiError> {
     organizations::ensure_exists(conn, organization).await?;
     let total: i64 = workspaces::table
         .filter(workspaces::organization_name.eq(organization))
@@ -248,17 +275,24 @@ pub async fn update(
     let sets_link = attrs.vcs_repo_url.is_some() || relationships.vcs_connection.is_some();
     let new_url = attrs.vcs_repo_url.as_deref().map(str::trim);
     let url_changed = new_url.is_some_and(|url| url != existing.vcs_repo_url);
-    let branch_changed = branch.as_ref().is_some_and(|b| b.as_str() != existing.vcs_branch);
+    let branch_changed = branch
+        .as_ref()
+        .is_some_and(|b| b.as_str() != existing.vcs_branch);
     let mut connection_changed = false;
     if sets_link {
         let connection = match &relationships.vcs_connection {
-            Some(relationship) => linked_connection(conn, &existing.organization_name, relationship).await?,
+            Some(relationship) => {
+                linked_connection(conn, &existing.organization_name, relationship).await?
+            }
             None => match &existing.vcs_connection_id {
                 Some(current) => connection_by_id(conn, current).await?,
                 None => None,
             },
         };
-        check_link(new_url.unwrap_or(&existing.vcs_repo_url), connection.as_ref())?;
+        check_link(
+            new_url.unwrap_or(&existing.vcs_repo_url),
+            connection.as_ref(),
+        )?;
         let connection_id = connection.map(|c| c.id);
         connection_changed = connection_id != existing.vcs_connection_id;
         changes.vcs_connection_id = Some(connection_id);
@@ -288,6 +322,8 @@ pub async fn update(
 
 pub async fn delete(conn: &mut AsyncPgConnection, id: &str) -> Result<(), ApiError> {
     let existing = find(conn, id).await?;
-    diesel::delete(workspaces::table.find(&existing.id)).execute(conn).await?;
+    diesel::delete(workspaces::table.find(&existing.id))
+        .execute(conn)
+        .await?;
     Ok(())
 }

@@ -1,0 +1,202 @@
+//! The subcommands, run as the real binary or through the same functions.
+
+use std::process::Command;
+
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use secrecy::ExposeSecret;
+use terrapod_api::commands;
+use terrapod_shared::crypto::KeyRing;
+use terrapod_shared::db::schema::vcs_connections;
+use terrapod_shared::Settings;
+
+use crate::helpers::spawn_app;
+
+fn binary() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_terrapod-api"));
+    command.env("TERRAPOD_LOG__FORMAT", "json");
+    command
+}
+
+fn settings_for(database_url: &str, keys: &str) -> Settings {
+    Settings::from_lookup(|name| match name {
+        "TERRAPOD_DATABASE__URL" => Some(database_url.to_owned()),
+        "TERRAPOD_ENCRYPTION__KEY" => Some(keys.to_owned()),
+        _ => None,
+    })
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_rotate_reencrypts_every_credential_under_the_new_first_key() {
+    let app = spawn_app().await;
+    let old_key = app.encryption_key.clone().unwrap();
+    app.create_github_connection("gh", 1).await;
+    app.create_gitlab_connection("gl", "glpat-rotate-me").await;
+    let new_key = KeyRing::generate_key();
+
+    // Before rotation only the old key reads the credentials.
+    let rotated =
+        commands::rotate_keys(&settings_for(app.db.url(), &format!("{new_key},{old_key}")))
+            .await
+            .unwrap();
+    assert_eq!(rotated, 2);
+
+    let new_only = KeyRing::parse(&new_key).unwrap();
+    let mut conn = app.connection().await;
+    let stored: Vec<(String, Option<String>)> = vcs_connections::table
+        .select((
+            vcs_connections::provider,
+            vcs_connections::encrypted_credential,
+        ))
+        .load(&mut conn)
+        .await
+        .unwrap();
+    for (provider, ciphertext) in stored {
+        let clear = new_only
+            .decrypt(&ciphertext.unwrap())
+            .expect("readable with the new key alone");
+        match provider.as_str() {
+            "gitlab" => assert_eq!(clear.expose_secret(), "glpat-rotate-me"),
+            _ => assert!(clear.expose_secret().contains("RSA PRIVATE KEY")),
+        }
+    }
+    // With the old key removed, rotation still succeeds: everything is under the new key.
+    assert_eq!(
+        commands::rotate_keys(&settings_for(app.db.url(), &new_key))
+            .await
+            .unwrap(),
+        2
+    );
+    // A ring that lacks the key in use refuses, and changes nothing.
+    let err = commands::rotate_keys(&settings_for(app.db.url(), &KeyRing::generate_key()))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("cannot be decrypted"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_rotate_as_a_binary_leaves_credentials_readable() {
+    let app = spawn_app().await;
+    let old_key = app.encryption_key.clone().unwrap();
+    app.create_gitlab_connection("gl", "glpat-bin").await;
+    let new_key = KeyRing::generate_key();
+    let output = binary()
+        .args(["keys", "rotate"])
+        .env("TERRAPOD_DATABASE__URL", app.db.url())
+        .env("TERRAPOD_ENCRYPTION__KEY", format!("{new_key},{old_key}"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut conn = app.connection().await;
+    let ciphertext: String = vcs_connections::table
+        .select(vcs_connections::encrypted_credential.assume_not_null())
+        .first(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        KeyRing::parse(&new_key)
+            .unwrap()
+            .decrypt(&ciphertext)
+            .unwrap()
+            .expose_secret(),
+        "glpat-bin"
+    );
+}
+
+#[test]
+fn keys_generate_prints_a_fernet_key() {
+    let output = binary().args(["keys", "generate"]).output().unwrap();
+    assert!(output.status.success());
+    let key = String::from_utf8(output.stdout).unwrap();
+    assert!(KeyRing::parse(key.trim()).is_ok());
+}
+
+#[test]
+fn malformed_configuration_stops_the_program_with_one_line_naming_the_variable() {
+    for (variable, value) in [
+        ("TERRAPOD_VCS__POLL_INTERVAL_SECONDS", "soon"),
+        ("TERRAPOD_DATABASE__URL", "nope"),
+        ("TERRAPOD_ENCRYPTION__KEY", "not-a-fernet-key"),
+    ] {
+        let output = binary().arg("serve").env(variable, value).output().unwrap();
+        assert!(!output.status.success());
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(variable), "{stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_create_prints_a_working_token_alone_on_stdout() {
+    let app = spawn_app().await;
+    let output = binary()
+        .args(["token", "create", "--admin", "--description", "ci"])
+        .env("TERRAPOD_DATABASE__URL", app.db.url())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 1);
+    let token = stdout.trim();
+    let response = app
+        .request(
+            reqwest::Method::GET,
+            "/api/v2/organizations/default/workspaces",
+            Some(token),
+            None,
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_creates_a_missing_database_and_is_idempotent() {
+    let name = format!(
+        "terrapod_test_migrate_{}",
+        terrapod_shared::ids::random_base58(8).to_lowercase()
+    );
+    let server = terrapod_test_support::server_url();
+    let url = format!("{}/{name}", server.rsplit_once('/').unwrap().0);
+    for _ in 0..2 {
+        let output = binary()
+            .arg("migrate")
+            .env("TERRAPOD_DATABASE__URL", &url)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let mut conn =
+        <diesel_async::AsyncPgConnection as diesel_async::AsyncConnection>::establish(&url)
+            .await
+            .unwrap();
+    let default_org: i64 = terrapod_shared::db::schema::organizations::table
+        .filter(terrapod_shared::db::schema::organizations::name.eq("default"))
+        .count()
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(default_org, 1);
+    drop(conn);
+    let mut admin =
+        <diesel_async::AsyncPgConnection as diesel_async::AsyncConnection>::establish(&server)
+            .await
+            .unwrap();
+    use diesel_async::SimpleAsyncConnection;
+    admin
+        .batch_execute(&format!("DROP DATABASE \"{name}\" WITH (FORCE)"))
+        .await
+        .unwrap();
+}

@@ -1,0 +1,81 @@
+use serde_json::Value;
+
+use crate::helpers::{assert_error, spawn_app, spawn_app_with};
+
+#[tokio::test]
+async fn ping_answers_204_with_the_tfe_api_version_without_auth() {
+    let app = spawn_app().await;
+    let response = app
+        .request(reqwest::Method::GET, "/api/v2/ping", None, None)
+        .await;
+    assert_eq!(response.status(), 204);
+    assert_eq!(response.headers()["TFP-API-Version"], "2.5");
+}
+
+#[tokio::test]
+async fn healthz_and_readyz_answer_without_auth_when_dependencies_are_up() {
+    let app = spawn_app().await;
+    let health = app
+        .request(reqwest::Method::GET, "/healthz", None, None)
+        .await;
+    assert_eq!(health.status(), 200);
+    assert_eq!(health.json::<Value>().await.unwrap()["status"], "healthy");
+    let ready = app
+        .request(reqwest::Method::GET, "/readyz", None, None)
+        .await;
+    assert_eq!(ready.status(), 200);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["checks"]["database"], "ok");
+    assert_eq!(body["checks"]["rabbitmq"], "ok");
+}
+
+#[tokio::test]
+async fn readyz_is_503_and_names_the_failing_check_when_rabbitmq_is_unreachable() {
+    let app = spawn_app_with(|env| {
+        env.insert(
+            "TERRAPOD_AMQP__URL",
+            "amqp://guest:guest@127.0.0.1:1/%2f".into(),
+        );
+    })
+    .await;
+    let ready = app
+        .request(reqwest::Method::GET, "/readyz", None, None)
+        .await;
+    assert_eq!(ready.status(), 503);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["status"], "unready");
+    assert_eq!(body["checks"]["database"], "ok");
+    assert!(body["checks"]["rabbitmq"]
+        .as_str()
+        .unwrap()
+        .starts_with("unreachable"));
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_pattern_not_raw_path() {
+    let app = spawn_app().await;
+    app.get("/api/v2/workspaces/ws-doesnotexist0000").await;
+    let metrics = app
+        .request(reqwest::Method::GET, "/metrics", None, None)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            r#"terrapod_http_requests_total{route="/api/v2/workspaces/{id}",status="404"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("ws-doesnotexist"));
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_get_jsonapi_errors() {
+    let app = spawn_app().await;
+    assert_error(app.get("/api/v2/nothing-here").await, 404).await;
+    let response = app
+        .request(reqwest::Method::PUT, "/api/v2/ping", None, None)
+        .await;
+    assert_error(response, 405).await;
+}

@@ -1,0 +1,281 @@
+//! Spawns the real API on a random port against a fresh database.
+
+use std::collections::HashMap;
+
+use diesel_async::AsyncPgConnection;
+use reqwest::{Method, Response};
+use serde_json::{json, Value};
+use terrapod_api::startup::Application;
+use terrapod_shared::crypto::KeyRing;
+use terrapod_shared::db::{self, DbPool};
+use terrapod_shared::domain::Role;
+use terrapod_shared::{tokens, Settings};
+use terrapod_test_support::{TestDatabase, GITHUB_APP_TEST_KEY};
+
+pub struct TestApp {
+    pub address: String,
+    pub db: TestDatabase,
+    pub pool: DbPool,
+    pub admin_token: String,
+    pub member_token: String,
+    pub encryption_key: Option<String>,
+    pub client: reqwest::Client,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// `configure` may add or remove environment variables before the settings are read.
+pub async fn spawn_app_with(configure: impl FnOnce(&mut HashMap<&'static str, String>)) -> TestApp {
+    let db = TestDatabase::new().await;
+    let mut env: HashMap<&'static str, String> = HashMap::new();
+    env.insert("TERRAPOD_DATABASE__URL", db.url().to_owned());
+    env.insert("TERRAPOD_API__LISTEN", "127.0.0.1:0".to_owned());
+    env.insert("TERRAPOD_ENCRYPTION__KEY", KeyRing::generate_key());
+    configure(&mut env);
+    let settings = Settings::from_lookup(|name| env.get(name).cloned()).expect("test settings");
+    let pool = db::pool(db.url(), "terrapod-api-test", 8).expect("pool");
+    let app = Application::build(settings, pool.clone()).expect("app builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped());
+
+    let mut conn = pool.get().await.expect("connection");
+    let admin_token = tokens::generate();
+    let member_token = tokens::generate();
+    tokens::store(&mut conn, &admin_token, Role::Admin, "test admin")
+        .await
+        .unwrap();
+    tokens::store(&mut conn, &member_token, Role::Member, "test member")
+        .await
+        .unwrap();
+    use secrecy::ExposeSecret;
+    TestApp {
+        address,
+        db,
+        pool,
+        admin_token: admin_token.expose_secret().to_owned(),
+        member_token: member_token.expose_secret().to_owned(),
+        encryption_key: env.get("TERRAPOD_ENCRYPTION__KEY").cloned(),
+        client: reqwest::Client::new(),
+    }
+}
+
+impl TestApp {
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> Response {
+        let mut request = self
+            .client
+            .request(method, format!("{}{}", self.address, path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request
+                .header("Content-Type", "application/vnd.api+json")
+                .body(body);
+        }
+        request.send().await.expect("request sent")
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.request(Method::GET, path, Some(&self.admin_token), None)
+            .await
+    }
+
+    pub async fn send_json(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: &Value,
+    ) -> Response {
+        self.request(
+            method,
+            path,
+            Some(token),
+            Some(body.to_string().into_bytes()),
+        )
+        .await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Response {
+        self.send_json(Method::POST, path, &self.admin_token, body)
+            .await
+    }
+
+    pub async fn patch(&self, path: &str, body: &Value) -> Response {
+        self.send_json(Method::PATCH, path, &self.admin_token, body)
+            .await
+    }
+
+    pub async fn delete(&self, path: &str) -> Response {
+        self.request(Method::DELETE, path, Some(&self.admin_token), None)
+            .await
+    }
+
+    pub async fn connection(&self) -> AsyncPgConnection {
+        self.db.connection().await
+    }
+
+    /// Creates a GitHub App connection and returns its JSON:API resource.
+    pub async fn create_github_connection(&self, name: &str, installation_id: i64) -> Value {
+        let response = self
+            .post(
+                "/api/v2/organizations/default/vcs-connections",
+                &json!({"data": {"type": "vcs-connections", "attributes": {
+                    "name": name,
+                    "provider": "github",
+                    "github-app-id": 1234,
+                    "github-installation-id": installation_id,
+                    "github-account-login": "acme",
+                    "github-account-type": "Organization",
+                    "private-key": GITHUB_APP_TEST_KEY,
+                }}}),
+            )
+            .await;
+        assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+        response.json::<Value>().await.unwrap()["data"].clone()
+    }
+
+    pub async fn create_gitlab_connection(&self, name: &str, token: &str) -> Value {
+        let response = self
+            .post(
+                "/api/v2/organizations/default/vcs-connections",
+                &json!({"data": {"type": "vcs-connections", "attributes": {
+                    "name": name, "provider": "gitlab", "token": token,
+                }}}),
+            )
+            .await;
+        assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+        response.json::<Value>().await.unwrap()["data"].clone()
+    }
+
+    /// Creates a workspace linked to `connection_id` (if any) at `url`.
+    pub async fn create_workspace(
+        &self,
+        name: &str,
+        connection_id: Option<&str>,
+        url: &str,
+    ) -> Response {
+        let relationships = match connection_id {
+            Some(id) => json!({"vcs-connection": {"data": {"id": id, "type": "vcs-connections"}}}),
+            None => json!({}),
+        };
+        self.post(
+            "/api/v2/organizations/default/workspaces",
+            &json!({"data": {"type": "workspaces", "attributes": {"name": name, "vcs-repo-url": url}, "relationships": relationships}}),
+        )
+        .await
+    }
+
+    pub async fn create_linked_workspace(&self, name: &str) -> Value {
+        let connection = self
+            .create_github_connection(&format!("gh-for-{name}"), rand_installation())
+            .await;
+        let response = self
+            .create_workspace(
+                name,
+                connection["id"].as_str(),
+                "https://github.com/acme/infra",
+            )
+            .await;
+        assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+        response.json::<Value>().await.unwrap()["data"].clone()
+    }
+}
+
+pub fn rand_installation() -> i64 {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    static NEXT: AtomicI64 = AtomicI64::new(1000);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Asserts a JSON:API error response with `status` and returns its detail.
+pub async fn assert_error(response: Response, status: u16) -> String {
+    let actual = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    assert_eq!(actual, status, "body: {body}");
+    assert_eq!(content_type, "application/vnd.api+json");
+    let error = &body["errors"][0];
+    assert_eq!(error["status"], status.to_string(), "{body}");
+    assert!(error["title"].is_string(), "{body}");
+    error["detail"].as_str().expect("detail").to_owned()
+}
+
+pub fn sha(n: u32) -> terrapod_shared::domain::CommitSha {
+    terrapod_shared::domain::CommitSha::parse(&format!("{n:040x}")).unwrap()
+}
+
+pub fn workspace_id(workspace: &Value) -> terrapod_shared::ids::WorkspaceId {
+    terrapod_shared::ids::WorkspaceId::parse(workspace["id"].as_str().unwrap()).unwrap()
+}
+
+/// Records a push run as the poller would.
+pub async fn record_push(
+    pool: &DbPool,
+    workspace: &terrapod_shared::ids::WorkspaceId,
+    commit: &terrapod_shared::domain::CommitSha,
+    previous: Option<&str>,
+    tarball: &[u8],
+) -> terrapod_shared::runs::RunCreation {
+    use terrapod_shared::runs::{create_vcs_run, NewVcsRun, RepoSnapshot, VcsTrigger};
+    let mut conn = pool.get().await.unwrap();
+    let snapshot = RepoSnapshot::new(tarball.to_vec());
+    create_vcs_run(
+        &mut conn,
+        NewVcsRun {
+            workspace_id: workspace,
+            commit_sha: commit,
+            trigger: VcsTrigger::Push {
+                branch: terrapod_shared::domain::BranchName::parse("main").unwrap(),
+                commit_title: Some("Add network".into()),
+                previous_sha: previous.map(str::to_owned),
+            },
+            working_directory: &Default::default(),
+            auto_apply: true,
+            snapshot: &snapshot,
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// Records a pull-request run as the poller would.
+pub async fn record_pull_request(
+    pool: &DbPool,
+    workspace: &terrapod_shared::ids::WorkspaceId,
+    commit: &terrapod_shared::domain::CommitSha,
+    number: i64,
+) -> terrapod_shared::runs::RunCreation {
+    use terrapod_shared::runs::{create_vcs_run, NewVcsRun, RepoSnapshot, VcsTrigger};
+    let mut conn = pool.get().await.unwrap();
+    let snapshot = RepoSnapshot::new(format!("pr {number} at {commit}").into_bytes());
+    create_vcs_run(
+        &mut conn,
+        NewVcsRun {
+            workspace_id: workspace,
+            commit_sha: commit,
+            trigger: VcsTrigger::PullRequest {
+                number,
+                head_ref: "feature".into(),
+                title: "Try a change".into(),
+            },
+            working_directory: &Default::default(),
+            auto_apply: true,
+            snapshot: &snapshot,
+        },
+    )
+    .await
+    .unwrap()
+}

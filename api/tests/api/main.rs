@@ -1,0 +1,14 @@
+//! One integration binary for the API: every test spawns the real application against
+//! its own fresh database on the real PostgreSQL.
+
+mod auth;
+mod commands;
+mod garbage;
+mod health;
+mod helpers;
+mod run_creation;
+mod runs;
+mod schema;
+mod security;
+mod vcs_connections;
+mod workspaces;

@@ -1,0 +1,49 @@
+//! Schema invariants the code relies on.
+
+use diesel::sql_types::Text;
+use diesel::QueryableByName;
+use diesel_async::RunQueryDsl;
+use diesel_migrations::MigrationHarness;
+use terrapod_shared::db::MIGRATIONS;
+use terrapod_test_support::TestDatabase;
+
+#[derive(QueryableByName)]
+struct IndexDef {
+    #[diesel(sql_type = Text)]
+    indexdef: String,
+}
+
+#[tokio::test]
+async fn duplicate_vcs_runs_are_prevented_by_partial_unique_indexes() {
+    let db = TestDatabase::new().await;
+    let mut conn = db.connection().await;
+    let indexes: Vec<IndexDef> = diesel::sql_query(
+        "SELECT indexdef FROM pg_indexes WHERE tablename = 'runs' AND indexname IN ('runs_one_push_run_per_commit', 'runs_one_pull_request_run_per_head') ORDER BY indexname",
+    )
+    .load(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(indexes.len(), 2);
+    assert!(indexes[0].indexdef.starts_with("CREATE UNIQUE INDEX"));
+    assert!(indexes[0]
+        .indexdef
+        .contains("(workspace_id, vcs_pull_request_number, vcs_commit_sha)"));
+    assert!(indexes[0].indexdef.contains("'pull_request'"));
+    assert!(indexes[1]
+        .indexdef
+        .contains("(workspace_id, vcs_commit_sha)"));
+    assert!(indexes[1].indexdef.contains("'push'"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_migration_reverts_and_reapplies_cleanly() {
+    let db = TestDatabase::new().await;
+    let conn = db.connection().await;
+    tokio::task::spawn_blocking(move || {
+        let mut harness = diesel_async::AsyncMigrationHarness::new(conn);
+        harness.revert_all_migrations(MIGRATIONS).expect("revert");
+        harness.run_pending_migrations(MIGRATIONS).expect("reapply");
+    })
+    .await
+    .unwrap();
+}
