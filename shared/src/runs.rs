@@ -16,6 +16,7 @@ use crate::ids::{ConfigurationVersionId, RunId, WorkspaceId};
 const MAX_TITLE_CHARS: usize = 200;
 
 /// A repository tree packed as a gzip tarball, addressed by its SHA-256.
+#[derive(Debug)]
 pub struct RepoSnapshot {
     tarball: Vec<u8>,
     sha256: String,
@@ -29,6 +30,10 @@ impl RepoSnapshot {
 
     pub fn sha256(&self) -> &str {
         &self.sha256
+    }
+
+    pub fn tarball(&self) -> &[u8] {
+        &self.tarball
     }
 
     pub fn size(&self) -> i64 {

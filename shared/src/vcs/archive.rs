@@ -1,0 +1,484 @@
+//! Repacking provider archives. GitHub and GitLab wrap the tree in one directory and
+//! may contain anything a hostile repository puts there; the output is the tree alone,
+//! as a deterministic gzip tarball of regular files, directories and in-tree symlinks.
+//!
+//! Memory stays bounded: the compressed input is read under `max_archive_bytes`,
+//! decompression is streamed and stops at `max_unpacked_bytes`, so a gzip bomb costs
+//! at most its compressed size plus the (bounded) output.
+
+use std::io::{self, Read};
+use std::path::{Component, Path, PathBuf};
+
+use flate2::read::GzDecoder;
+use flate2::write::GzEncoder;
+use flate2::Compression;
+use futures_util::StreamExt;
+use tar::{Archive, Builder, EntryType, Header};
+
+use crate::domain::Provider;
+use crate::runs::RepoSnapshot;
+use crate::vcs::VcsError;
+
+#[derive(Clone, Copy, Debug)]
+pub struct ArchiveLimits {
+    pub max_archive_bytes: u64,
+    pub max_unpacked_bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ArchiveError {
+    #[error("the archive is larger than TERRAPOD_VCS__MAX_ARCHIVE_BYTES ({limit} bytes)")]
+    TooLarge { limit: u64 },
+    #[error(
+        "the unpacked repository is larger than TERRAPOD_VCS__MAX_UNPACKED_BYTES ({limit} bytes)"
+    )]
+    UnpackedTooLarge { limit: u64 },
+    #[error("entry `{0}` has an absolute path or a `..` component")]
+    UnsafePath(String),
+    #[error("the archive is not a valid gzip tarball: {0}")]
+    Corrupt(String),
+}
+
+/// The repacked tree and what was left out of it.
+#[derive(Debug)]
+pub struct Repacked {
+    pub snapshot: RepoSnapshot,
+    pub files: usize,
+    /// Entries dropped: hard links, devices, FIFOs, symlinks leaving the tree.
+    pub dropped: Vec<String>,
+}
+
+/// Reads a response body, refusing more than `limit` bytes (checked against
+/// `Content-Length` first, then while streaming).
+pub async fn read_limited(
+    provider: Provider,
+    response: reqwest::Response,
+    limit: u64,
+) -> Result<Vec<u8>, VcsError> {
+    if response
+        .content_length()
+        .is_some_and(|length| length > limit)
+    {
+        return Err(ArchiveError::TooLarge { limit }.into());
+    }
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|err| {
+            if err.is_timeout() {
+                VcsError::Timeout { provider }
+            } else {
+                VcsError::Transport {
+                    provider,
+                    detail: err.without_url().to_string(),
+                }
+            }
+        })?;
+        if body.len() as u64 + chunk.len() as u64 > limit {
+            return Err(ArchiveError::TooLarge { limit }.into());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Counts decompressed bytes and fails once `limit` is passed.
+struct LimitedReader<R> {
+    inner: R,
+    read: u64,
+    limit: u64,
+}
+
+impl<R: Read> Read for LimitedReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        if self.read > self.limit {
+            return Err(io::Error::other(UnpackedLimit));
+        }
+        Ok(n)
+    }
+}
+
+#[derive(Debug)]
+struct UnpackedLimit;
+
+impl std::fmt::Display for UnpackedLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("unpacked size limit reached")
+    }
+}
+
+impl std::error::Error for UnpackedLimit {}
+
+fn io_error(err: io::Error, limit: u64) -> ArchiveError {
+    let limited = err
+        .get_ref()
+        .is_some_and(|inner| inner.downcast_ref::<UnpackedLimit>().is_some());
+    if limited {
+        ArchiveError::UnpackedTooLarge { limit }
+    } else {
+        ArchiveError::Corrupt(err.to_string())
+    }
+}
+
+/// The entry's path inside the repository: the wrapper directory removed, refused if
+/// absolute or holding `..`. `None` for the wrapper directory itself.
+fn tree_path(raw: &Path, wrapper: &mut Option<PathBuf>) -> Result<Option<PathBuf>, ArchiveError> {
+    let shown = || raw.display().to_string();
+    let mut components = Vec::new();
+    for component in raw.components() {
+        match component {
+            Component::Normal(part) => components.push(part),
+            Component::CurDir => {}
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => {
+                return Err(ArchiveError::UnsafePath(shown()))
+            }
+        }
+    }
+    let Some((first, rest)) = components.split_first() else {
+        return Ok(None);
+    };
+    match wrapper {
+        Some(existing) if existing.as_os_str() != *first => {
+            return Err(ArchiveError::Corrupt(format!(
+                "entry `{}` is outside the archive's top directory",
+                shown()
+            )))
+        }
+        Some(_) => {}
+        None => *wrapper = Some(PathBuf::from(first)),
+    }
+    if rest.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(rest.iter().collect()))
+}
+
+/// True when a symlink at `link` pointing to `target` stays inside the tree.
+fn symlink_stays_inside(link: &Path, target: &Path) -> bool {
+    if target.as_os_str().is_empty() {
+        return false;
+    }
+    let mut depth: usize = link.components().count().saturating_sub(1);
+    for component in target.components() {
+        match component {
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            Component::ParentDir => match depth.checked_sub(1) {
+                Some(up) => depth = up,
+                None => return false,
+            },
+            Component::RootDir | Component::Prefix(_) => return false,
+        }
+    }
+    true
+}
+
+/// Repacks a provider's gzip tarball. CPU-bound: call it from a blocking thread.
+pub fn repack(compressed: &[u8], limits: ArchiveLimits) -> Result<Repacked, ArchiveError> {
+    if compressed.len() as u64 > limits.max_archive_bytes {
+        return Err(ArchiveError::TooLarge {
+            limit: limits.max_archive_bytes,
+        });
+    }
+    let limit = limits.max_unpacked_bytes;
+    let reader = LimitedReader {
+        inner: GzDecoder::new(compressed),
+        read: 0,
+        limit,
+    };
+    let mut archive = Archive::new(reader);
+    let mut builder = Builder::new(GzEncoder::new(Vec::new(), Compression::default()));
+    builder.mode(tar::HeaderMode::Deterministic);
+    let mut wrapper = None;
+    let mut files = 0;
+    let mut dropped = Vec::new();
+    let entries = archive.entries().map_err(|err| io_error(err, limit))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|err| io_error(err, limit))?;
+        let kind = entry.header().entry_type();
+        if matches!(kind, EntryType::XGlobalHeader | EntryType::XHeader) {
+            continue;
+        }
+        let raw_path = entry
+            .path()
+            .map_err(|err| io_error(err, limit))?
+            .into_owned();
+        let Some(path) = tree_path(&raw_path, &mut wrapper)? else {
+            continue;
+        };
+        let mut header = Header::new_gnu();
+        header.set_mtime(entry.header().mtime().unwrap_or(0));
+        match kind {
+            EntryType::Regular | EntryType::Continuous => {
+                let executable = entry.header().mode().unwrap_or(0o644) & 0o111 != 0;
+                header.set_entry_type(EntryType::Regular);
+                header.set_mode(if executable { 0o755 } else { 0o644 });
+                header.set_size(entry.size());
+                builder
+                    .append_data(&mut header, &path, &mut entry)
+                    .map_err(|err| io_error(err, limit))?;
+                files += 1;
+            }
+            EntryType::Directory => {
+                header.set_entry_type(EntryType::Directory);
+                header.set_mode(0o755);
+                header.set_size(0);
+                builder
+                    .append_data(&mut header, &path, io::empty())
+                    .map_err(|err| io_error(err, limit))?;
+            }
+            EntryType::Symlink => {
+                let target = entry
+                    .link_name()
+                    .map_err(|err| io_error(err, limit))?
+                    .map(|target| target.into_owned())
+                    .unwrap_or_default();
+                if symlink_stays_inside(&path, &target) {
+                    header.set_entry_type(EntryType::Symlink);
+                    header.set_mode(0o777);
+                    header.set_size(0);
+                    builder
+                        .append_link(&mut header, &path, &target)
+                        .map_err(|err| io_error(err, limit))?;
+                } else {
+                    dropped.push(path.display().to_string());
+                }
+            }
+            _ => dropped.push(path.display().to_string()),
+        }
+    }
+    let encoder = builder.into_inner().map_err(|err| io_error(err, limit))?;
+    let tarball = encoder.finish().map_err(|err| io_error(err, limit))?;
+    Ok(Repacked {
+        snapshot: RepoSnapshot::new(tarball),
+        files,
+        dropped,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    const LIMITS: ArchiveLimits = ArchiveLimits {
+        max_archive_bytes: 10 << 20,
+        max_unpacked_bytes: 10 << 20,
+    };
+
+    enum Item<'a> {
+        File(&'a str, &'a [u8]),
+        Dir(&'a str),
+        Symlink(&'a str, &'a str),
+        HardLink(&'a str, &'a str),
+        Fifo(&'a str),
+    }
+
+    /// Builds a gzip tarball with raw header names, so hostile paths survive.
+    fn tarball(items: &[Item]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for item in items {
+            let mut header = Header::new_old();
+            let (name, kind, data, link): (&str, EntryType, &[u8], Option<&str>) = match item {
+                Item::File(name, data) => (name, EntryType::Regular, data, None),
+                Item::Dir(name) => (name, EntryType::Directory, b"", None),
+                Item::Symlink(name, target) => (name, EntryType::Symlink, b"", Some(target)),
+                Item::HardLink(name, target) => (name, EntryType::Link, b"", Some(target)),
+                Item::Fifo(name) => (name, EntryType::Fifo, b"", None),
+            };
+            let bytes = header.as_old_mut();
+            bytes.name[..name.len()].copy_from_slice(name.as_bytes());
+            if let Some(link) = link {
+                bytes.linkname[..link.len()].copy_from_slice(link.as_bytes());
+            }
+            header.set_entry_type(kind);
+            header.set_mode(0o644);
+            header.set_size(data.len() as u64);
+            header.set_cksum();
+            out.extend_from_slice(header.as_bytes());
+            out.extend_from_slice(data);
+            out.resize(out.len().div_ceil(512) * 512, 0);
+        }
+        out.extend_from_slice(&[0; 1024]);
+        let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
+        gz.write_all(&out).unwrap();
+        gz.finish().unwrap()
+    }
+
+    fn listing(snapshot_bytes: &[u8]) -> Vec<(String, EntryType, Option<String>)> {
+        let mut archive = Archive::new(GzDecoder::new(snapshot_bytes));
+        archive
+            .entries()
+            .unwrap()
+            .map(|entry| {
+                let entry = entry.unwrap();
+                (
+                    entry.path().unwrap().display().to_string(),
+                    entry.header().entry_type(),
+                    entry.link_name().unwrap().map(|l| l.display().to_string()),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_wrapper_directory_is_removed_and_the_tree_kept() {
+        let input = tarball(&[
+            Item::Dir("acme-infra-abc1234/"),
+            Item::File("acme-infra-abc1234/main.tf", b"resource {}"),
+            Item::Dir("acme-infra-abc1234/modules/"),
+            Item::File("acme-infra-abc1234/modules/vpc.tf", b"vpc"),
+            Item::Symlink("acme-infra-abc1234/modules/link.tf", "../main.tf"),
+        ]);
+        let repacked = repack(&input, LIMITS).unwrap();
+        assert_eq!(repacked.files, 2);
+        assert!(repacked.dropped.is_empty());
+        assert_eq!(
+            listing(repacked.snapshot.tarball()),
+            vec![
+                ("main.tf".to_owned(), EntryType::Regular, None),
+                ("modules".to_owned(), EntryType::Directory, None),
+                ("modules/vpc.tf".to_owned(), EntryType::Regular, None),
+                (
+                    "modules/link.tf".to_owned(),
+                    EntryType::Symlink,
+                    Some("../main.tf".to_owned())
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn repacking_is_deterministic() {
+        let input = tarball(&[Item::File("w/a.tf", b"a"), Item::File("w/b.tf", b"b")]);
+        let first = repack(&input, LIMITS).unwrap();
+        let second = repack(&input, LIMITS).unwrap();
+        assert_eq!(first.snapshot.sha256(), second.snapshot.sha256());
+    }
+
+    #[test]
+    fn traversal_and_absolute_paths_refuse_the_whole_archive() {
+        for name in ["w/../../etc/passwd", "/etc/passwd", "w/a/../../../x"] {
+            let input = tarball(&[Item::File("w/ok.tf", b"ok"), Item::File(name, b"evil")]);
+            assert!(
+                matches!(repack(&input, LIMITS), Err(ArchiveError::UnsafePath(_))),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn escaping_symlinks_hard_links_and_devices_are_dropped() {
+        let input = tarball(&[
+            Item::File("w/main.tf", b"ok"),
+            Item::Symlink("w/abs", "/etc/passwd"),
+            Item::Symlink("w/up", "../../outside"),
+            Item::Symlink("w/sub/up", "../../x"),
+            Item::HardLink("w/hard", "w/main.tf"),
+            Item::Fifo("w/fifo"),
+            Item::Symlink("w/fine", "main.tf"),
+        ]);
+        let repacked = repack(&input, LIMITS).unwrap();
+        let mut dropped = repacked.dropped.clone();
+        dropped.sort();
+        assert_eq!(dropped, vec!["abs", "fifo", "hard", "sub/up", "up"]);
+        let names: Vec<String> = listing(repacked.snapshot.tarball())
+            .into_iter()
+            .map(|e| e.0)
+            .collect();
+        assert_eq!(names, vec!["main.tf", "fine"]);
+    }
+
+    #[test]
+    fn entries_outside_the_wrapper_are_refused() {
+        let input = tarball(&[Item::File("w/a.tf", b"a"), Item::File("other/b.tf", b"b")]);
+        assert!(matches!(
+            repack(&input, LIMITS),
+            Err(ArchiveError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn a_gzip_bomb_stops_at_the_unpacked_limit() {
+        // 64 MiB of zeros compresses to ~64 KiB.
+        let zeros = vec![0u8; 64 << 20];
+        let input = tarball(&[Item::File("w/bomb", &zeros)]);
+        assert!(input.len() < 1 << 20);
+        let limits = ArchiveLimits {
+            max_archive_bytes: 10 << 20,
+            max_unpacked_bytes: 8 << 20,
+        };
+        assert_eq!(
+            repack(&input, limits).unwrap_err(),
+            ArchiveError::UnpackedTooLarge { limit: 8 << 20 }
+        );
+    }
+
+    #[test]
+    fn oversized_and_corrupt_input_is_refused() {
+        let input = tarball(&[Item::File("w/a", b"a")]);
+        let tiny = ArchiveLimits {
+            max_archive_bytes: 10,
+            max_unpacked_bytes: 1 << 20,
+        };
+        assert_eq!(
+            repack(&input, tiny).unwrap_err(),
+            ArchiveError::TooLarge { limit: 10 }
+        );
+        assert!(matches!(
+            repack(b"not gzip at all", LIMITS),
+            Err(ArchiveError::Corrupt(_))
+        ));
+        assert!(matches!(
+            repack(&input[..input.len() / 2], LIMITS),
+            Err(ArchiveError::Corrupt(_))
+        ));
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn segment() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("..".to_owned()),
+                Just(".".to_owned()),
+                Just("".to_owned()),
+                "[a-z]{1,6}",
+            ]
+        }
+
+        fn path() -> impl Strategy<Value = String> {
+            (any::<bool>(), prop::collection::vec(segment(), 1..5)).prop_map(|(absolute, parts)| {
+                format!("{}w/{}", if absolute { "/" } else { "" }, parts.join("/"))
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn repacked_trees_never_escape(entries in prop::collection::vec((path(), path(), 0u8..4), 0..12)) {
+                let items: Vec<Item> = entries
+                    .iter()
+                    .map(|(name, target, kind)| match kind {
+                        0 => Item::File(name, b"x"),
+                        1 => Item::Dir(name),
+                        2 => Item::Symlink(name, target.trim_start_matches("w/")),
+                        _ => Item::HardLink(name, target),
+                    })
+                    .collect();
+                if let Ok(repacked) = repack(&tarball(&items), LIMITS) {
+                    for (name, kind, link) in listing(repacked.snapshot.tarball()) {
+                        let path = Path::new(&name);
+                        prop_assert!(path.components().all(|c| matches!(c, Component::Normal(_))), "{}", name);
+                        prop_assert!(kind != EntryType::Link);
+                        if let Some(link) = link {
+                            prop_assert!(symlink_stays_inside(path, Path::new(&link)), "{} -> {}", name, link);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,58 @@
+use std::time::Duration;
+
+use crate::domain::Provider;
+use crate::vcs::archive::ArchiveError;
+
+/// What went wrong talking to a provider. Display strings end up in
+/// `vcs-last-error`: short, and never holding a credential.
+#[derive(Debug, thiserror::Error)]
+pub enum VcsError {
+    #[error("{provider} rejected the connection's credentials (HTTP {status})")]
+    Unauthorized { provider: Provider, status: u16 },
+    #[error("{provider}: {what} not found (or the credentials cannot see it)")]
+    NotFound { provider: Provider, what: String },
+    #[error("{provider} rate limit exhausted{}", retry_hint(*.retry_after))]
+    RateLimited {
+        provider: Provider,
+        retry_after: Option<Duration>,
+    },
+    #[error("{provider} answered HTTP {status}: {message}")]
+    Status {
+        provider: Provider,
+        status: u16,
+        message: String,
+    },
+    #[error("request to {provider} timed out")]
+    Timeout { provider: Provider },
+    #[error("cannot reach {provider}: {detail}")]
+    Transport { provider: Provider, detail: String },
+    #[error("unexpected {provider} response: {detail}")]
+    InvalidResponse { provider: Provider, detail: String },
+    #[error("repository archive refused: {0}")]
+    Archive(#[from] ArchiveError),
+    #[error("the connection's credentials are unusable: {0}")]
+    Credentials(String),
+}
+
+fn retry_hint(after: Option<Duration>) -> String {
+    after.map_or_else(String::new, |after| {
+        format!("; resets in {}s", after.as_secs())
+    })
+}
+
+impl VcsError {
+    /// Errors worth another attempt soon (the next cycle), as opposed to a setting a
+    /// person must fix.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            VcsError::RateLimited { .. }
+                | VcsError::Timeout { .. }
+                | VcsError::Transport { .. }
+                | VcsError::Status {
+                    status: 500..=599,
+                    ..
+                }
+        )
+    }
+}

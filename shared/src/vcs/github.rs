@@ -1,0 +1,448 @@
+//! GitHub (and GitHub Enterprise Server) through a GitHub App installation.
+//!
+//! The App's JWT (RS256, `iss` = app id, `iat` a minute in the past, `exp` nine minutes
+//! ahead) buys an installation token, which is cached per (server, installation) and
+//! shared by every workspace of the process; a 401 drops it and the call is retried
+//! once with a fresh one.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use reqwest::header::{HeaderMap, ACCEPT, LINK};
+use reqwest::RequestBuilder;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use super::http::{status_error, JsonResponse};
+use super::{
+    archive, encode_ref_path, first_line, parse_body, parse_sha, repack_blocking, ArchiveLimits,
+    BranchHead, PullRequest, Repacked, RepoUrl, VcsError, VcsProvider, VcsShared,
+};
+use crate::domain::{CommitSha, Provider};
+
+const PROVIDER: Provider = Provider::GitHub;
+const API_VERSION: &str = "2022-11-28";
+const MEDIA_TYPE: &str = "application/vnd.github+json";
+/// Installation tokens live an hour; reuse one for at most this long.
+const TOKEN_REUSE: Duration = Duration::from_secs(50 * 60);
+/// Never follow more pages than this (100 per page).
+const MAX_PAGES: usize = 100;
+
+/// The claims of a GitHub App JWT.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AppClaims {
+    pub iat: u64,
+    pub exp: u64,
+    pub iss: String,
+}
+
+impl AppClaims {
+    pub fn new(app_id: i64, now: u64) -> Self {
+        AppClaims {
+            iat: now.saturating_sub(60),
+            exp: now + 9 * 60,
+            iss: app_id.to_string(),
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+struct InstallationToken {
+    token: SecretString,
+    reuse_until: Instant,
+}
+
+type TokenSlot = Arc<tokio::sync::Mutex<Option<InstallationToken>>>;
+
+/// Installation tokens by (server, installation), one slot each so concurrent callers
+/// wait for a single mint instead of each minting their own.
+#[derive(Default)]
+pub struct TokenCache {
+    slots: Mutex<HashMap<(String, i64), TokenSlot>>,
+}
+
+impl TokenCache {
+    fn slot(&self, server: &str, installation_id: i64) -> TokenSlot {
+        self.slots
+            .lock()
+            .expect("token cache lock")
+            .entry((server.to_owned(), installation_id))
+            .or_default()
+            .clone()
+    }
+}
+
+pub struct GitHubClient {
+    shared: Arc<VcsShared>,
+    server: String,
+    app_id: i64,
+    installation_id: i64,
+    key: EncodingKey,
+}
+
+#[derive(Deserialize)]
+struct AccessToken {
+    token: String,
+}
+
+#[derive(Deserialize)]
+struct Repository {
+    default_branch: String,
+}
+
+#[derive(Deserialize)]
+struct Branch {
+    commit: BranchCommit,
+}
+
+#[derive(Deserialize)]
+struct BranchCommit {
+    sha: String,
+    commit: Option<CommitDetail>,
+}
+
+#[derive(Deserialize)]
+struct CommitDetail {
+    message: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Pull {
+    number: i64,
+    title: String,
+    #[serde(default)]
+    draft: bool,
+    head: PullRef,
+    base: BaseRef,
+}
+
+#[derive(Deserialize)]
+struct PullRef {
+    #[serde(rename = "ref")]
+    name: String,
+    sha: String,
+    repo: Option<PullRepo>,
+}
+
+#[derive(Deserialize)]
+struct BaseRef {
+    repo: Option<PullRepo>,
+}
+
+#[derive(Deserialize)]
+struct PullRepo {
+    full_name: String,
+}
+
+impl GitHubClient {
+    pub fn new(
+        shared: Arc<VcsShared>,
+        server_url: &str,
+        app_id: i64,
+        installation_id: i64,
+        private_key: &SecretString,
+    ) -> Result<Self, VcsError> {
+        let key =
+            EncodingKey::from_rsa_pem(private_key.expose_secret().as_bytes()).map_err(|_| {
+                VcsError::Credentials("the GitHub App private key is not an RSA PEM key".into())
+            })?;
+        Ok(GitHubClient {
+            shared,
+            server: server_url.trim_end_matches('/').to_owned(),
+            app_id,
+            installation_id,
+            key,
+        })
+    }
+
+    /// The App's JWT, signed now.
+    pub fn app_jwt(&self) -> Result<String, VcsError> {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::RS256),
+            &AppClaims::new(self.app_id, unix_now()),
+            &self.key,
+        )
+        .map_err(|_| VcsError::Credentials("the GitHub App private key cannot sign a JWT".into()))
+    }
+
+    fn with_headers(&self, request: RequestBuilder, token: &str) -> RequestBuilder {
+        request
+            .bearer_auth(token)
+            .header(ACCEPT, MEDIA_TYPE)
+            .header("X-GitHub-Api-Version", API_VERSION)
+    }
+
+    async fn mint_token(&self) -> Result<SecretString, VcsError> {
+        let jwt = self.app_jwt()?;
+        let url = format!(
+            "{}/app/installations/{}/access_tokens",
+            self.server, self.installation_id
+        );
+        let http = &self.shared.http;
+        let response = http
+            .send(PROVIDER, || {
+                self.with_headers(http.client().post(&url), &jwt)
+            })
+            .await?;
+        if !response.status().is_success() {
+            return Err(status_error(PROVIDER, response, None).await);
+        }
+        let body = response.bytes().await.map_err(|err| VcsError::Transport {
+            provider: PROVIDER,
+            detail: err.without_url().to_string(),
+        })?;
+        let token: AccessToken = parse_body(PROVIDER, &body)?;
+        tracing::debug!(
+            installation_id = self.installation_id,
+            "minted a GitHub installation token"
+        );
+        Ok(SecretString::from(token.token))
+    }
+
+    /// The cached installation token, minted when missing or old.
+    async fn installation_token(&self) -> Result<SecretString, VcsError> {
+        let slot = self
+            .shared
+            .github_tokens
+            .slot(&self.server, self.installation_id);
+        let mut cached = slot.lock().await;
+        if let Some(token) = cached.as_ref().filter(|t| t.reuse_until > Instant::now()) {
+            return Ok(token.token.clone());
+        }
+        let token = self.mint_token().await?;
+        *cached = Some(InstallationToken {
+            token: token.clone(),
+            reuse_until: Instant::now() + TOKEN_REUSE,
+        });
+        Ok(token)
+    }
+
+    /// Forgets `rejected` (unless another caller already replaced it).
+    async fn drop_token(&self, rejected: &SecretString) {
+        let slot = self
+            .shared
+            .github_tokens
+            .slot(&self.server, self.installation_id);
+        let mut cached = slot.lock().await;
+        if cached
+            .as_ref()
+            .is_some_and(|t| t.token.expose_secret() == rejected.expose_secret())
+        {
+            *cached = None;
+        }
+    }
+
+    /// A conditional GET of `url`; a 401 drops the token and retries once.
+    async fn get(&self, url: &str, what: &str) -> Result<JsonResponse, VcsError> {
+        let http = &self.shared.http;
+        let mut retried = false;
+        loop {
+            let token = self.installation_token().await?;
+            let result = http
+                .get_json(PROVIDER, url, || {
+                    self.with_headers(http.client().get(url), token.expose_secret())
+                })
+                .await;
+            match result {
+                Err(VcsError::Unauthorized { .. }) if !retried => {
+                    self.drop_token(&token).await;
+                    retried = true;
+                }
+                Err(VcsError::Status { status: 404, .. }) => {
+                    return Err(VcsError::NotFound {
+                        provider: PROVIDER,
+                        what: what.to_owned(),
+                    })
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn repo_url(&self, repo: &RepoUrl) -> String {
+        format!("{}/repos/{}", self.server, repo.full_path())
+    }
+}
+
+/// The `rel="next"` target of a `Link` header.
+pub fn next_link(headers: &HeaderMap) -> Option<String> {
+    let link = headers.get(LINK)?.to_str().ok()?;
+    link.split(',').find_map(|part| {
+        let (target, params) = part.split_once(';')?;
+        params
+            .split(';')
+            .any(|p| p.trim() == "rel=\"next\"")
+            .then(|| {
+                target
+                    .trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_owned()
+            })
+    })
+}
+
+impl VcsProvider for GitHubClient {
+    fn provider(&self) -> Provider {
+        PROVIDER
+    }
+
+    async fn default_branch(&self, repo: &RepoUrl) -> Result<String, VcsError> {
+        let what = format!("repository {}", repo.full_path());
+        let response = self.get(&self.repo_url(repo), &what).await?;
+        Ok(parse_body::<Repository>(PROVIDER, &response.body)?.default_branch)
+    }
+
+    async fn branch_head(&self, repo: &RepoUrl, branch: &str) -> Result<BranchHead, VcsError> {
+        let url = format!(
+            "{}/branches/{}",
+            self.repo_url(repo),
+            encode_ref_path(branch)
+        );
+        let what = format!("branch {branch} of {}", repo.full_path());
+        let response = self.get(&url, &what).await?;
+        let branch: Branch = parse_body(PROVIDER, &response.body)?;
+        Ok(BranchHead {
+            sha: parse_sha(PROVIDER, &branch.commit.sha)?,
+            title: branch
+                .commit
+                .commit
+                .and_then(|c| c.message)
+                .as_deref()
+                .and_then(first_line),
+        })
+    }
+
+    async fn open_pull_requests(
+        &self,
+        repo: &RepoUrl,
+        base: &str,
+    ) -> Result<Vec<PullRequest>, VcsError> {
+        let what = format!("pull requests of {}", repo.full_path());
+        let mut url = format!(
+            "{}/pulls?state=open&base={}&per_page=100",
+            self.repo_url(repo),
+            super::encode(base)
+        );
+        let mut pulls = Vec::new();
+        for _ in 0..MAX_PAGES {
+            let response = self.get(&url, &what).await?;
+            let page: Vec<Pull> = parse_body(PROVIDER, &response.body)?;
+            for pull in page {
+                let base_repo = pull
+                    .base
+                    .repo
+                    .as_ref()
+                    .map(|r| r.full_name.to_ascii_lowercase());
+                let head_repo = pull
+                    .head
+                    .repo
+                    .as_ref()
+                    .map(|r| r.full_name.to_ascii_lowercase());
+                pulls.push(PullRequest {
+                    number: pull.number,
+                    head_sha: parse_sha(PROVIDER, &pull.head.sha)?,
+                    head_ref: pull.head.name,
+                    title: pull.title,
+                    from_fork: head_repo.is_none() || head_repo != base_repo,
+                    draft: pull.draft,
+                });
+            }
+            match next_link(&response.headers) {
+                Some(next) => url = next,
+                None => return Ok(pulls),
+            }
+        }
+        Err(VcsError::InvalidResponse {
+            provider: PROVIDER,
+            detail: format!("more than {MAX_PAGES} pages of pull requests"),
+        })
+    }
+
+    async fn download_archive(
+        &self,
+        repo: &RepoUrl,
+        sha: &CommitSha,
+        limits: ArchiveLimits,
+    ) -> Result<Repacked, VcsError> {
+        let url = format!("{}/tarball/{}", self.repo_url(repo), sha);
+        let http = &self.shared.http;
+        let mut retried = false;
+        let compressed = loop {
+            let token = self.installation_token().await?;
+            // The API redirects to a download host; reqwest drops the token there.
+            let response = http
+                .send(PROVIDER, || {
+                    self.with_headers(http.client().get(&url), token.expose_secret())
+                        .timeout(Duration::from_secs(300))
+                })
+                .await?;
+            match response.status().as_u16() {
+                200 => {
+                    break archive::read_limited(PROVIDER, response, limits.max_archive_bytes)
+                        .await?
+                }
+                401 if !retried => {
+                    self.drop_token(&token).await;
+                    retried = true;
+                }
+                404 => {
+                    return Err(VcsError::NotFound {
+                        provider: PROVIDER,
+                        what: format!("commit {sha} of {}", repo.full_path()),
+                    })
+                }
+                _ => return Err(status_error(PROVIDER, response, None).await),
+            }
+        };
+        repack_blocking(compressed, limits).await
+    }
+
+    async fn check_credentials(&self) -> Result<(), VcsError> {
+        let url = format!("{}/installation/repositories?per_page=1", self.server);
+        self.get(&url, "installation repositories").await.map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn app_jwt_claims_follow_githubs_rules() {
+        let claims = AppClaims::new(42, 1_000_000);
+        assert_eq!(claims.iss, "42");
+        assert_eq!(claims.iat, 1_000_000 - 60);
+        assert!(claims.exp - 1_000_000 <= 600);
+        assert!(claims.exp > 1_000_000);
+    }
+
+    #[test]
+    fn next_links_are_found_among_others() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            LINK,
+            r#"<https://api.github.com/x?page=1>; rel="prev", <https://api.github.com/x?page=3>; rel="next", <https://api.github.com/x?page=9>; rel="last""#
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(
+            next_link(&headers).as_deref(),
+            Some("https://api.github.com/x?page=3")
+        );
+        headers.insert(
+            LINK,
+            r#"<https://api.github.com/x?page=1>; rel="prev""#.parse().unwrap(),
+        );
+        assert_eq!(next_link(&headers), None);
+    }
+}

@@ -1,0 +1,207 @@
+//! GitLab (gitlab.com or self-managed) through an access token in `PRIVATE-TOKEN`.
+//! Projects are addressed by their URL-encoded path (`group%2Fsub%2Fproject`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::RequestBuilder;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use super::http::{status_error, JsonResponse};
+use super::{
+    archive, encode, first_line, parse_body, parse_sha, repack_blocking, ArchiveLimits, BranchHead,
+    PullRequest, Repacked, RepoUrl, VcsError, VcsProvider, VcsShared,
+};
+use crate::domain::{CommitSha, Provider};
+
+const PROVIDER: Provider = Provider::GitLab;
+const MAX_PAGES: usize = 100;
+
+pub struct GitLabClient {
+    shared: Arc<VcsShared>,
+    api: String,
+    token: SecretString,
+}
+
+#[derive(Deserialize)]
+struct Project {
+    default_branch: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Branch {
+    commit: Commit,
+}
+
+#[derive(Deserialize)]
+struct Commit {
+    id: String,
+    title: Option<String>,
+    message: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct MergeRequest {
+    iid: i64,
+    title: String,
+    sha: String,
+    source_branch: String,
+    source_project_id: i64,
+    target_project_id: i64,
+    #[serde(default)]
+    draft: bool,
+    #[serde(default)]
+    work_in_progress: bool,
+}
+
+impl GitLabClient {
+    pub fn new(shared: Arc<VcsShared>, server_url: &str, token: SecretString) -> Self {
+        GitLabClient {
+            shared,
+            api: format!("{}/api/v4", server_url.trim_end_matches('/')),
+            token,
+        }
+    }
+
+    fn with_headers(&self, request: RequestBuilder) -> RequestBuilder {
+        request.header("PRIVATE-TOKEN", self.token.expose_secret())
+    }
+
+    fn project_url(&self, repo: &RepoUrl) -> String {
+        format!("{}/projects/{}", self.api, encode(&repo.full_path()))
+    }
+
+    async fn get(&self, url: &str, what: &str) -> Result<JsonResponse, VcsError> {
+        let http = &self.shared.http;
+        match http
+            .get_json(PROVIDER, url, || self.with_headers(http.client().get(url)))
+            .await
+        {
+            Err(VcsError::Status { status: 404, .. }) => Err(VcsError::NotFound {
+                provider: PROVIDER,
+                what: what.to_owned(),
+            }),
+            other => other,
+        }
+    }
+}
+
+impl VcsProvider for GitLabClient {
+    fn provider(&self) -> Provider {
+        PROVIDER
+    }
+
+    async fn default_branch(&self, repo: &RepoUrl) -> Result<String, VcsError> {
+        let what = format!("project {}", repo.full_path());
+        let response = self.get(&self.project_url(repo), &what).await?;
+        parse_body::<Project>(PROVIDER, &response.body)?
+            .default_branch
+            .ok_or_else(|| VcsError::NotFound {
+                provider: PROVIDER,
+                what: format!(
+                    "default branch of {} (the project is empty)",
+                    repo.full_path()
+                ),
+            })
+    }
+
+    async fn branch_head(&self, repo: &RepoUrl, branch: &str) -> Result<BranchHead, VcsError> {
+        let url = format!(
+            "{}/repository/branches/{}",
+            self.project_url(repo),
+            encode(branch)
+        );
+        let what = format!("branch {branch} of {}", repo.full_path());
+        let response = self.get(&url, &what).await?;
+        let branch: Branch = parse_body(PROVIDER, &response.body)?;
+        let title = branch
+            .commit
+            .title
+            .or(branch.commit.message)
+            .as_deref()
+            .and_then(first_line);
+        Ok(BranchHead {
+            sha: parse_sha(PROVIDER, &branch.commit.id)?,
+            title,
+        })
+    }
+
+    async fn open_pull_requests(
+        &self,
+        repo: &RepoUrl,
+        base: &str,
+    ) -> Result<Vec<PullRequest>, VcsError> {
+        let what = format!("merge requests of {}", repo.full_path());
+        let mut requests = Vec::new();
+        let mut page = 1;
+        for _ in 0..MAX_PAGES {
+            let url = format!(
+                "{}/merge_requests?state=opened&target_branch={}&per_page=100&page={page}",
+                self.project_url(repo),
+                encode(base)
+            );
+            let response = self.get(&url, &what).await?;
+            let batch: Vec<MergeRequest> = parse_body(PROVIDER, &response.body)?;
+            for mr in batch {
+                requests.push(PullRequest {
+                    number: mr.iid,
+                    head_sha: parse_sha(PROVIDER, &mr.sha)?,
+                    head_ref: mr.source_branch,
+                    title: mr.title,
+                    from_fork: mr.source_project_id != mr.target_project_id,
+                    draft: mr.draft || mr.work_in_progress,
+                });
+            }
+            let next = response
+                .headers
+                .get("x-next-page")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u32>().ok());
+            match next {
+                Some(next) if next > page => page = next,
+                _ => return Ok(requests),
+            }
+        }
+        Err(VcsError::InvalidResponse {
+            provider: PROVIDER,
+            detail: format!("more than {MAX_PAGES} pages of merge requests"),
+        })
+    }
+
+    async fn download_archive(
+        &self,
+        repo: &RepoUrl,
+        sha: &CommitSha,
+        limits: ArchiveLimits,
+    ) -> Result<Repacked, VcsError> {
+        let url = format!(
+            "{}/repository/archive.tar.gz?sha={sha}",
+            self.project_url(repo)
+        );
+        let http = &self.shared.http;
+        let response = http
+            .send(PROVIDER, || {
+                self.with_headers(http.client().get(&url))
+                    .timeout(Duration::from_secs(300))
+            })
+            .await?;
+        let compressed = match response.status().as_u16() {
+            200 => archive::read_limited(PROVIDER, response, limits.max_archive_bytes).await?,
+            404 => {
+                return Err(VcsError::NotFound {
+                    provider: PROVIDER,
+                    what: format!("commit {sha} of {}", repo.full_path()),
+                })
+            }
+            _ => return Err(status_error(PROVIDER, response, None).await),
+        };
+        repack_blocking(compressed, limits).await
+    }
+
+    async fn check_credentials(&self) -> Result<(), VcsError> {
+        self.get(&format!("{}/user", self.api), "the token's user")
+            .await
+            .map(drop)
+    }
+}
