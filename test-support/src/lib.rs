@@ -84,3 +84,6 @@ pub const GITHUB_APP_TEST_KEY: &str = include_str!("../fixtures/github-app-test-
 /// The same key as PKCS#8 PEM.
 pub const GITHUB_APP_TEST_KEY_PKCS8: &str =
     include_str!("../fixtures/github-app-test-key-pkcs8.pem");
+/// The public half of [`GITHUB_APP_TEST_KEY`], as GitHub holds it.
+pub const GITHUB_APP_TEST_PUBLIC_KEY: &str =
+    include_str!("../fixtures/github-app-test-key.pub.pem");

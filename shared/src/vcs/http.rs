@@ -65,10 +65,19 @@ pub struct JsonResponse {
 
 impl VcsHttp {
     pub fn new(retry: RetryPolicy, observer: Option<ResponseObserver>) -> Self {
+        Self::with_timeout(retry, observer, Duration::from_secs(30))
+    }
+
+    /// `request_timeout` bounds each request (archive downloads set their own, longer).
+    pub fn with_timeout(
+        retry: RetryPolicy,
+        observer: Option<ResponseObserver>,
+        request_timeout: Duration,
+    ) -> Self {
         let client = reqwest::Client::builder()
             .user_agent(concat!("terrapod-vcs/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(30))
+            .timeout(request_timeout)
             .pool_idle_timeout(Duration::from_secs(90))
             .build()
             .expect("the HTTP client configuration is valid");

@@ -1,0 +1,637 @@
+//! The GitHub and GitLab providers against the VCS simulator.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use secrecy::SecretString;
+use terrapod_shared::domain::Provider;
+use terrapod_shared::vcs::github::GitHubClient;
+use terrapod_shared::vcs::gitlab::GitLabClient;
+use terrapod_shared::vcs::http::{RetryPolicy, VcsHttp};
+use terrapod_shared::vcs::{
+    ArchiveError, ArchiveLimits, RepoUrl, VcsError, VcsProvider, VcsShared,
+};
+use terrapod_test_support::{GITHUB_APP_TEST_KEY, GITHUB_APP_TEST_PUBLIC_KEY};
+use terrapod_vcs_sim::{fault, Fault, Kind, NewPull, PullState, PullUpdate, Simulator};
+
+const LIMITS: ArchiveLimits = ArchiveLimits {
+    max_archive_bytes: 104_857_600,
+    max_unpacked_bytes: 1_073_741_824,
+};
+
+fn fast_retries() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 4,
+        base_backoff: Duration::from_millis(50),
+        max_wait: Duration::from_secs(3),
+        total_budget: Duration::from_secs(5),
+    }
+}
+
+fn shared() -> Arc<VcsShared> {
+    VcsShared::new(VcsHttp::new(fast_retries(), None))
+}
+
+async fn github_world() -> (Simulator, GitHubClient) {
+    let sim = Simulator::start().await.unwrap();
+    sim.add_github_app(42, GITHUB_APP_TEST_PUBLIC_KEY);
+    sim.add_installation(7, 42, "acme", None);
+    let client = GitHubClient::new(
+        shared(),
+        sim.url(),
+        42,
+        7,
+        &SecretString::from(GITHUB_APP_TEST_KEY),
+    )
+    .unwrap();
+    (sim, client)
+}
+
+async fn gitlab_world() -> (Simulator, GitLabClient) {
+    let sim = Simulator::start().await.unwrap();
+    sim.add_gitlab_token("glpat-test", None);
+    let client = GitLabClient::new(shared(), sim.url(), SecretString::from("glpat-test"));
+    (sim, client)
+}
+
+fn github_repo(path: &str) -> RepoUrl {
+    RepoUrl::parse(Provider::GitHub, &format!("https://github.com/{path}")).unwrap()
+}
+
+fn gitlab_repo(path: &str) -> RepoUrl {
+    RepoUrl::parse(
+        Provider::GitLab,
+        &format!("https://gitlab.example.com/{path}.git"),
+    )
+    .unwrap()
+}
+
+fn pull(head: &str, title: &str) -> NewPull {
+    NewPull {
+        head: head.into(),
+        base: Some("main".into()),
+        title: title.into(),
+        draft: false,
+        head_repo: None,
+    }
+}
+
+#[tokio::test]
+async fn github_reads_default_branch_head_and_title() {
+    let (sim, github) = github_world().await;
+    let first = sim.create_repo(Kind::Github, "acme/infra", &[("main.tf", "terraform {}")]);
+    let repo = github_repo("acme/infra");
+    assert_eq!(github.default_branch(&repo).await.unwrap(), "main");
+    let head = github.branch_head(&repo, "main").await.unwrap();
+    assert_eq!(head.sha.as_str(), first);
+    assert_eq!(head.title.as_deref(), Some("Initial commit"));
+    let second = sim
+        .commit(
+            Kind::Github,
+            "acme/infra",
+            "feature/vpc",
+            "Add VPC\n\nwith subnets",
+            &[("vpc.tf", "vpc")],
+        )
+        .await;
+    let head = github.branch_head(&repo, "feature/vpc").await.unwrap();
+    assert_eq!(
+        (head.sha.as_str(), head.title.as_deref()),
+        (second.as_str(), Some("Add VPC"))
+    );
+    let missing = github.branch_head(&repo, "nope").await.unwrap_err();
+    assert!(matches!(missing, VcsError::NotFound { .. }), "{missing}");
+    let unknown = github
+        .default_branch(&github_repo("acme/other"))
+        .await
+        .unwrap_err();
+    assert!(matches!(unknown, VcsError::NotFound { .. }), "{unknown}");
+    github.check_credentials().await.unwrap();
+}
+
+#[tokio::test]
+async fn one_installation_token_serves_many_calls_and_a_401_mints_a_new_one() {
+    let (sim, github) = github_world().await;
+    sim.create_repo(Kind::Github, "acme/infra", &[("main.tf", "")]);
+    let repo = github_repo("acme/infra");
+    for _ in 0..10 {
+        github.branch_head(&repo, "main").await.unwrap();
+    }
+    assert_eq!(sim.stats(Kind::Github).tokens_minted, 1);
+    sim.revoke_github_tokens();
+    github.branch_head(&repo, "main").await.unwrap();
+    assert_eq!(sim.stats(Kind::Github).tokens_minted, 2);
+}
+
+#[tokio::test]
+async fn an_installation_without_access_sees_nothing() {
+    let sim = Simulator::start().await.unwrap();
+    sim.add_github_app(42, GITHUB_APP_TEST_PUBLIC_KEY);
+    sim.add_installation(8, 42, "other", Some(&["other/repo"]));
+    sim.create_repo(Kind::Github, "acme/infra", &[("main.tf", "")]);
+    let github = GitHubClient::new(
+        shared(),
+        sim.url(),
+        42,
+        8,
+        &SecretString::from(GITHUB_APP_TEST_KEY),
+    )
+    .unwrap();
+    let err = github
+        .branch_head(&github_repo("acme/infra"), "main")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VcsError::NotFound { .. }), "{err}");
+    let wrong_app = GitHubClient::new(
+        shared(),
+        sim.url(),
+        99,
+        8,
+        &SecretString::from(GITHUB_APP_TEST_KEY),
+    )
+    .unwrap();
+    let err = wrong_app.check_credentials().await.unwrap_err();
+    assert!(matches!(err, VcsError::Unauthorized { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn github_lists_250_open_pull_requests_across_pages() {
+    let (sim, github) = github_world().await;
+    sim.create_repo(Kind::Github, "acme/infra", &[("main.tf", "")]);
+    for n in 0..250 {
+        let branch = format!("pr-{n}");
+        sim.commit(
+            Kind::Github,
+            "acme/infra",
+            &branch,
+            &format!("change {n}"),
+            &[("f.tf", &n.to_string())],
+        )
+        .await;
+        sim.open_pull(
+            Kind::Github,
+            "acme/infra",
+            pull(&branch, &format!("PR {n}")),
+        )
+        .await;
+    }
+    // Noise that must not be listed: another base, and a closed PR.
+    sim.commit(
+        Kind::Github,
+        "acme/infra",
+        "develop",
+        "dev",
+        &[("d.tf", "")],
+    )
+    .await;
+    sim.commit(Kind::Github, "acme/infra", "x", "x", &[("x.tf", "")])
+        .await;
+    let mut other_base = pull("x", "into develop");
+    other_base.base = Some("develop".into());
+    sim.open_pull(Kind::Github, "acme/infra", other_base).await;
+    sim.update_pull(
+        Kind::Github,
+        "acme/infra",
+        1,
+        PullUpdate {
+            state: Some(PullState::Closed),
+            ..Default::default()
+        },
+    )
+    .await;
+    let pulls = github
+        .open_pull_requests(&github_repo("acme/infra"), "main")
+        .await
+        .unwrap();
+    assert_eq!(pulls.len(), 249);
+    let mut numbers: Vec<i64> = pulls.iter().map(|p| p.number).collect();
+    numbers.sort();
+    assert_eq!(numbers, (2..=250).collect::<Vec<_>>());
+    let pr_7 = pulls.iter().find(|p| p.number == 7).unwrap();
+    assert_eq!(
+        (pr_7.head_ref.as_str(), pr_7.title.as_str(), pr_7.from_fork),
+        ("pr-6", "PR 6", false)
+    );
+}
+
+#[tokio::test]
+async fn fork_and_draft_pull_requests_are_flagged() {
+    let (sim, github) = github_world().await;
+    sim.create_repo(Kind::Github, "acme/infra", &[("main.tf", "")]);
+    sim.create_repo(Kind::Github, "mallory/infra", &[("main.tf", "")]);
+    sim.commit(
+        Kind::Github,
+        "mallory/infra",
+        "evil",
+        "evil",
+        &[("x.tf", "")],
+    )
+    .await;
+    sim.commit(Kind::Github, "acme/infra", "wip", "wip", &[("w.tf", "")])
+        .await;
+    let mut from_fork = pull("evil", "from a fork");
+    from_fork.head_repo = Some("mallory/infra".into());
+    sim.open_pull(Kind::Github, "acme/infra", from_fork).await;
+    let mut draft = pull("wip", "draft");
+    draft.draft = true;
+    sim.open_pull(Kind::Github, "acme/infra", draft).await;
+    let pulls = github
+        .open_pull_requests(&github_repo("acme/infra"), "main")
+        .await
+        .unwrap();
+    let fork = pulls.iter().find(|p| p.number == 1).unwrap();
+    let wip = pulls.iter().find(|p| p.number == 2).unwrap();
+    assert!(fork.from_fork && !fork.draft);
+    assert!(!wip.from_fork && wip.draft);
+}
+
+#[tokio::test]
+async fn unchanged_resources_are_answered_304_after_the_first_poll() {
+    let (sim, github) = github_world().await;
+    sim.create_repo(Kind::Github, "acme/infra", &[("main.tf", "")]);
+    let repo = github_repo("acme/infra");
+    github.branch_head(&repo, "main").await.unwrap();
+    github.open_pull_requests(&repo, "main").await.unwrap();
+    let after_first = sim.stats(Kind::Github);
+    for _ in 0..5 {
+        github.branch_head(&repo, "main").await.unwrap();
+        github.open_pull_requests(&repo, "main").await.unwrap();
+    }
+    let after_idle = sim.stats(Kind::Github);
+    assert_eq!(
+        after_idle.counted, after_first.counted,
+        "idle polls cost no rate limit"
+    );
+    assert_eq!(after_idle.not_modified - after_first.not_modified, 10);
+    let sha = sim
+        .commit(
+            Kind::Github,
+            "acme/infra",
+            "main",
+            "change",
+            &[("b.tf", "")],
+        )
+        .await;
+    assert_eq!(
+        github
+            .branch_head(&repo, "main")
+            .await
+            .unwrap()
+            .sha
+            .as_str(),
+        sha
+    );
+}
+
+#[tokio::test]
+async fn retries_honour_retry_after_and_then_succeed() {
+    let (sim, github) = github_world().await;
+    sim.create_repo(Kind::Github, "acme/infra", &[("main.tf", "")]);
+    github.check_credentials().await.unwrap();
+    sim.inject_fault(Fault {
+        retry_after: Some(1),
+        ..fault("/branches/", 429, 1)
+    });
+    sim.inject_fault(fault("/branches/", 502, 1));
+    let started = Instant::now();
+    github
+        .branch_head(&github_repo("acme/infra"), "main")
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "Retry-After was honoured"
+    );
+}
+
+#[tokio::test]
+async fn retries_stop_within_a_bounded_time() {
+    let (sim, github) = github_world().await;
+    sim.create_repo(Kind::Github, "acme/infra", &[("main.tf", "")]);
+    github.check_credentials().await.unwrap();
+    sim.inject_fault(fault("/branches/", 503, 1_000));
+    let started = Instant::now();
+    let err = github
+        .branch_head(&github_repo("acme/infra"), "main")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VcsError::Status { status: 503, .. }), "{err}");
+    assert!(started.elapsed() < fast_retries().total_budget + Duration::from_secs(1));
+    // A rate limit that resets in an hour is reported at once, not waited for.
+    sim.set_rate_limit(Kind::Github, 0, 3600);
+    let started = Instant::now();
+    let err = github
+        .default_branch(&github_repo("acme/infra"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            VcsError::RateLimited {
+                retry_after: Some(_),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.is_transient());
+    assert!(started.elapsed() < Duration::from_secs(1));
+    // Latency beyond the request timeout is a timeout, not a hang.
+    let (sim, _) = (sim, ());
+    drop(sim);
+}
+
+#[tokio::test]
+async fn archives_repack_to_exactly_the_commits_tree() {
+    let (sim, github) = github_world().await;
+    let files = [
+        ("main.tf", "terraform {}"),
+        ("modules/vpc/main.tf", "resource \"aws_vpc\" \"x\" {}"),
+        ("envs/prod/terraform.tfvars", "region = \"eu-west-1\""),
+        (".gitignore", ".terraform/"),
+    ];
+    let sha = sim.create_repo(Kind::Github, "acme/infra", &files);
+    let repacked = github
+        .download_archive(
+            &github_repo("acme/infra"),
+            &terrapod_shared::domain::CommitSha::parse(&sha).unwrap(),
+            LIMITS,
+        )
+        .await
+        .unwrap();
+    let mut unpacked = tar::Archive::new(flate2::read::GzDecoder::new(repacked.snapshot.tarball()));
+    let mut seen: Vec<(String, Vec<u8>)> = Vec::new();
+    for entry in unpacked.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        if entry.header().entry_type().is_file() {
+            let mut content = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut content).unwrap();
+            seen.push((entry.path().unwrap().display().to_string(), content));
+        }
+    }
+    seen.sort();
+    let mut expected: Vec<(String, Vec<u8>)> = files
+        .iter()
+        .map(|(p, c)| (p.to_string(), c.as_bytes().to_vec()))
+        .collect();
+    expected.sort();
+    assert_eq!(seen, expected);
+    assert_eq!(repacked.files, 4);
+}
+
+#[tokio::test]
+async fn hostile_archives_are_refused_or_cleaned() {
+    let (sim, github) = github_world().await;
+    let sha = sim.create_repo(Kind::Github, "acme/infra", &[("main.tf", "")]);
+    let commit = terrapod_shared::domain::CommitSha::parse(&sha).unwrap();
+    let repo = github_repo("acme/infra");
+
+    sim.override_archive(
+        Kind::Github,
+        "acme/infra",
+        &sha,
+        hostile_tarball(&[("w/../../etc/cron.d/x", b"evil", None)]),
+    );
+    let err = github
+        .download_archive(&repo, &commit, LIMITS)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, VcsError::Archive(ArchiveError::UnsafePath(_))),
+        "{err}"
+    );
+
+    sim.override_archive(
+        Kind::Github,
+        "acme/infra",
+        &sha,
+        hostile_tarball(&[
+            ("w/main.tf", b"ok", None),
+            ("w/secrets", b"", Some("/etc/shadow")),
+        ]),
+    );
+    let repacked = github
+        .download_archive(&repo, &commit, LIMITS)
+        .await
+        .unwrap();
+    assert_eq!(repacked.dropped, vec!["secrets"]);
+
+    sim.override_archive(Kind::Github, "acme/infra", &sha, vec![0u8; 2048]);
+    let small = ArchiveLimits {
+        max_archive_bytes: 1024,
+        max_unpacked_bytes: LIMITS.max_unpacked_bytes,
+    };
+    let err = github
+        .download_archive(&repo, &commit, small)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, VcsError::Archive(ArchiveError::TooLarge { .. })),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gzip_bomb_over_one_gib_is_refused_in_bounded_memory() {
+    let (sim, github) = github_world().await;
+    let sha = sim.create_repo(Kind::Github, "acme/infra", &[("main.tf", "")]);
+    let bomb = gzip_bomb(1_100 << 20);
+    assert!(
+        bomb.len() < 4 << 20,
+        "the bomb is small: {} bytes",
+        bomb.len()
+    );
+    sim.override_archive(Kind::Github, "acme/infra", &sha, bomb);
+    let commit = terrapod_shared::domain::CommitSha::parse(&sha).unwrap();
+    let err = github
+        .download_archive(&github_repo("acme/infra"), &commit, LIMITS)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            VcsError::Archive(ArchiveError::UnpackedTooLarge { .. })
+        ),
+        "{err}"
+    );
+    let peak = peak_rss_bytes();
+    assert!(peak < 512 << 20, "peak RSS {} MiB", peak >> 20);
+}
+
+#[tokio::test]
+async fn gitlab_reads_nested_groups_merge_requests_and_archives() {
+    let (sim, gitlab) = gitlab_world().await;
+    let first = sim.create_repo(Kind::Gitlab, "platform/network/core", &[("main.tf", "x")]);
+    let repo = gitlab_repo("platform/network/core");
+    assert_eq!(gitlab.default_branch(&repo).await.unwrap(), "main");
+    let head = gitlab.branch_head(&repo, "main").await.unwrap();
+    assert_eq!(
+        (head.sha.as_str(), head.title.as_deref()),
+        (first.as_str(), Some("Initial commit"))
+    );
+    for n in 0..130 {
+        let branch = format!("feature/{n}");
+        sim.commit(
+            Kind::Gitlab,
+            "platform/network/core",
+            &branch,
+            "c",
+            &[("f", &n.to_string())],
+        )
+        .await;
+        sim.open_pull(
+            Kind::Gitlab,
+            "platform/network/core",
+            pull(&branch, &format!("MR {n}")),
+        )
+        .await;
+    }
+    let requests = gitlab.open_pull_requests(&repo, "main").await.unwrap();
+    assert_eq!(requests.len(), 130);
+    assert!(requests
+        .iter()
+        .all(|r| !r.from_fork && r.head_ref.starts_with("feature/")));
+    let repacked = gitlab
+        .download_archive(
+            &repo,
+            &terrapod_shared::domain::CommitSha::parse(&first).unwrap(),
+            LIMITS,
+        )
+        .await
+        .unwrap();
+    assert_eq!(repacked.files, 1);
+    gitlab.check_credentials().await.unwrap();
+    let after = sim.stats(Kind::Gitlab);
+    gitlab.branch_head(&repo, "main").await.unwrap();
+    assert_eq!(sim.stats(Kind::Gitlab).not_modified, after.not_modified + 1);
+}
+
+#[tokio::test]
+async fn gitlab_rejects_bad_tokens_and_unknown_projects() {
+    let (sim, _) = gitlab_world().await;
+    sim.create_repo(Kind::Gitlab, "group/project", &[("main.tf", "")]);
+    let bad = GitLabClient::new(shared(), sim.url(), SecretString::from("wrong"));
+    let err = bad
+        .default_branch(&gitlab_repo("group/project"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VcsError::Unauthorized { .. }), "{err}");
+    assert!(!err.to_string().contains("wrong"));
+    let good = GitLabClient::new(shared(), sim.url(), SecretString::from("glpat-test"));
+    let err = good
+        .default_branch(&gitlab_repo("group/missing"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VcsError::NotFound { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn gitlab_rate_limits_are_retried_then_reported() {
+    let (sim, gitlab) = gitlab_world().await;
+    sim.create_repo(Kind::Gitlab, "group/project", &[("main.tf", "")]);
+    sim.inject_fault(Fault {
+        retry_after: Some(1),
+        ..fault("/repository/branches/", 429, 1)
+    });
+    gitlab
+        .branch_head(&gitlab_repo("group/project"), "main")
+        .await
+        .unwrap();
+    sim.set_rate_limit(Kind::Gitlab, 0, 3600);
+    let err = gitlab
+        .branch_head(&gitlab_repo("group/project"), "main")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VcsError::RateLimited { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn slow_providers_time_out_instead_of_hanging() {
+    let (sim, gitlab) = gitlab_world().await;
+    sim.create_repo(Kind::Gitlab, "group/project", &[("main.tf", "")]);
+    let impatient = VcsShared::new(VcsHttp::with_timeout(
+        fast_retries(),
+        None,
+        Duration::from_millis(200),
+    ));
+    let gitlab_impatient =
+        GitLabClient::new(impatient, sim.url(), SecretString::from("glpat-test"));
+    sim.inject_fault(Fault {
+        latency_ms: Some(2_000),
+        ..Fault {
+            method: None,
+            path_contains: Some("/repository/branches/".into()),
+            status: None,
+            retry_after: None,
+            latency_ms: None,
+            count: 10,
+        }
+    });
+    let started = Instant::now();
+    let err = gitlab_impatient
+        .branch_head(&gitlab_repo("group/project"), "main")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VcsError::Timeout { .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    drop(gitlab);
+}
+
+fn hostile_tarball(entries: &[(&str, &[u8], Option<&str>)]) -> Vec<u8> {
+    use std::io::Write;
+    let mut out = Vec::new();
+    for (name, data, symlink) in entries {
+        let mut header = tar::Header::new_old();
+        let raw = header.as_old_mut();
+        raw.name[..name.len()].copy_from_slice(name.as_bytes());
+        if let Some(target) = symlink {
+            raw.linkname[..target.len()].copy_from_slice(target.as_bytes());
+            header.set_entry_type(tar::EntryType::Symlink);
+        } else {
+            header.set_entry_type(tar::EntryType::Regular);
+        }
+        header.set_mode(0o644);
+        header.set_size(data.len() as u64);
+        header.set_cksum();
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.extend_from_slice(&[0; 1024]);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&out).unwrap();
+    gz.finish().unwrap()
+}
+
+/// A tarball whose one file is `size` zero bytes, streamed through gzip so the test
+/// itself never holds it unpacked.
+fn gzip_bomb(size: u64) -> Vec<u8> {
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    let mut header = tar::Header::new_gnu();
+    header.set_path("w/bomb").unwrap();
+    header.set_size(size);
+    header.set_mode(0o644);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_cksum();
+    gz.write_all(header.as_bytes()).unwrap();
+    let zeros = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(zeros.len() as u64) as usize;
+        gz.write_all(&zeros[..n]).unwrap();
+        left -= n as u64;
+    }
+    gz.write_all(&[0; 1024]).unwrap();
+    gz.finish().unwrap()
+}
+
+fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .unwrap()
+}

@@ -1,0 +1,42 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use terrapod_vcs_sim::Simulator;
+
+/// A local GitHub REST / GitLab v4 stand-in backed by real git repositories.
+/// Steer it through the admin API under /_admin (see the crate's README section).
+#[derive(Parser)]
+#[command(name = "terrapod-vcs-sim", version)]
+struct Cli {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9999")]
+    listen: SocketAddr,
+    /// Directory for the git repositories (a temporary one when absent).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[actix_web::main]
+async fn main() -> std::io::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .init();
+    let temp;
+    let root = match cli.data_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(&dir)?;
+            dir
+        }
+        None => {
+            temp = tempfile::tempdir()?;
+            temp.path().to_owned()
+        }
+    };
+    let sim = Simulator::start_at(cli.listen, root).await?;
+    tracing::info!(url = sim.url(), "terrapod-vcs-sim listening");
+    tokio::signal::ctrl_c().await?;
+    sim.stop().await;
+    Ok(())
+}

@@ -1,0 +1,666 @@
+//! The HTTP face of the simulator: GitHub REST paths at the root, GitLab v4 under
+//! `/api/v4`, downloads under `/_codeload`, and the admin API under `/_admin`.
+
+use std::sync::{Arc, Mutex};
+
+use actix_web::http::{Method, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
+use chrono::Utc;
+use jsonwebtoken::{Algorithm, Validation};
+use ring::digest;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::render;
+use crate::state::{key, Fault, Kind, PullState, Repo, Sim};
+
+pub type Shared = Arc<Mutex<Sim>>;
+
+pub struct Context {
+    pub sim: Shared,
+    pub base_url: String,
+    pub client: reqwest::Client,
+    pub deliveries: Mutex<Vec<crate::webhooks::Delivery>>,
+}
+
+fn decode(segment: &str) -> String {
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+fn query(req: &HttpRequest) -> Vec<(String, String)> {
+    web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+        .map(|q| q.into_inner())
+        .unwrap_or_default()
+}
+
+fn param(pairs: &[(String, String)], name: &str) -> Option<String> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.clone())
+}
+
+/// Every request lands here and is routed by hand, so encoded slashes in GitLab
+/// project ids and branch names arrive exactly as sent.
+pub async fn dispatch(req: HttpRequest, body: web::Bytes, ctx: web::Data<Context>) -> HttpResponse {
+    let path = req.uri().path().to_owned();
+    if let Some(rest) = path.strip_prefix("/_admin/") {
+        return crate::admin::handle(&req, rest, &body, &ctx).await;
+    }
+    let kind = if path.starts_with("/api/v4/") {
+        Kind::Gitlab
+    } else {
+        Kind::Github
+    };
+    let fault = {
+        let mut sim = ctx.sim.lock().expect("sim lock");
+        let method = req.method().as_str();
+        let fault = sim
+            .faults
+            .iter_mut()
+            .find(|f| f.count > 0 && f.matches(method, &path))
+            .map(|f| {
+                f.count -= 1;
+                f.clone()
+            });
+        sim.faults.retain(|f| f.count > 0);
+        fault
+    };
+    if let Some(fault) = &fault {
+        if let Some(latency) = fault.latency() {
+            tokio::time::sleep(latency).await;
+        }
+        if let Some(status) = fault.status {
+            return injected(kind, fault, status, &ctx);
+        }
+    }
+    if let Some(rest) = path.strip_prefix("/_codeload/") {
+        return codeload(rest, &ctx);
+    }
+    match kind {
+        Kind::Gitlab => gitlab(&req, &path["/api/v4/".len()..], &ctx),
+        Kind::Github => github(&req, &path[1..], &ctx),
+    }
+}
+
+fn injected(kind: Kind, fault: &Fault, status: u16, ctx: &Context) -> HttpResponse {
+    let mut sim = ctx.sim.lock().expect("sim lock");
+    sim.stats(kind).errors += 1;
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = HttpResponse::build(status);
+    if let Some(after) = fault.retry_after {
+        response.insert_header(("Retry-After", after.to_string()));
+    }
+    let message = match kind {
+        Kind::Github => {
+            json!({"message": status.canonical_reason().unwrap_or("error"), "documentation_url": "https://docs.github.com/rest"})
+        }
+        Kind::Gitlab => {
+            json!({"message": format!("{} {}", status.as_u16(), status.canonical_reason().unwrap_or("error"))})
+        }
+    };
+    response.json(message)
+}
+
+fn etag_of(body: &[u8]) -> String {
+    format!(
+        "W/\"{}\"",
+        hex::encode(&digest::digest(&digest::SHA256, body).as_ref()[..16])
+    )
+}
+
+/// A JSON answer with an ETag; a matching `If-None-Match` gets 304 and is not counted
+/// against the rate limit.
+fn conditional_json(
+    req: &HttpRequest,
+    sim: &mut Sim,
+    kind: Kind,
+    value: &Value,
+    mut response: HttpResponseBuilder,
+) -> HttpResponse {
+    let body = serde_json::to_vec(value).expect("JSON serialises");
+    let etag = etag_of(&body);
+    let matches = req
+        .headers()
+        .get("if-none-match")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == etag);
+    rate_headers(sim, kind, &mut response, !matches);
+    response.insert_header(("ETag", etag));
+    if matches {
+        sim.stats(kind).not_modified += 1;
+        response.status(StatusCode::NOT_MODIFIED);
+        return response.finish();
+    }
+    sim.stats(kind).counted += 1;
+    response
+        .content_type("application/json; charset=utf-8")
+        .body(body)
+}
+
+fn rate_headers(sim: &mut Sim, kind: Kind, response: &mut HttpResponseBuilder, counted: bool) {
+    let rate = match kind {
+        Kind::Github => &mut sim.github_rate,
+        Kind::Gitlab => &mut sim.gitlab_rate,
+    };
+    rate.refresh();
+    if counted {
+        rate.remaining = rate.remaining.saturating_sub(1);
+    }
+    let reset = rate.reset_at.timestamp().to_string();
+    let (limit, remaining, used) = (rate.limit, rate.remaining, rate.limit - rate.remaining);
+    match kind {
+        Kind::Github => {
+            response
+                .insert_header(("x-ratelimit-limit", limit.to_string()))
+                .insert_header(("x-ratelimit-remaining", remaining.to_string()))
+                .insert_header(("x-ratelimit-reset", reset))
+                .insert_header(("x-ratelimit-used", used.to_string()))
+                .insert_header(("x-ratelimit-resource", "core"))
+                .insert_header(("x-github-api-version-selected", "2022-11-28"));
+        }
+        Kind::Gitlab => {
+            response
+                .insert_header(("RateLimit-Limit", limit.to_string()))
+                .insert_header(("RateLimit-Remaining", remaining.to_string()))
+                .insert_header(("RateLimit-Reset", reset))
+                .insert_header(("RateLimit-Observed", used.to_string()));
+        }
+    }
+}
+
+fn rate_exhausted(sim: &mut Sim, kind: Kind) -> Option<HttpResponse> {
+    let rate = match kind {
+        Kind::Github => &mut sim.github_rate,
+        Kind::Gitlab => &mut sim.gitlab_rate,
+    };
+    rate.refresh();
+    if rate.remaining > 0 {
+        return None;
+    }
+    sim.stats(kind).errors += 1;
+    let (status, body) = match kind {
+        Kind::Github => (
+            StatusCode::FORBIDDEN,
+            json!({"message": "API rate limit exceeded for installation. If you reach out to GitHub Support for help, please include the request ID.", "documentation_url": "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api", "status": "403"}),
+        ),
+        Kind::Gitlab => (
+            StatusCode::TOO_MANY_REQUESTS,
+            json!({"message": "Retry later"}),
+        ),
+    };
+    let mut response = HttpResponse::build(status);
+    rate_headers(sim, kind, &mut response, false);
+    if kind == Kind::Gitlab {
+        let wait = (sim.gitlab_rate.reset_at - Utc::now()).num_seconds().max(1);
+        response.insert_header(("Retry-After", wait.to_string()));
+    }
+    Some(response.json(body))
+}
+
+fn github_error(status: StatusCode, message: &str) -> HttpResponse {
+    HttpResponse::build(status).json(json!({
+        "message": message,
+        "documentation_url": "https://docs.github.com/rest",
+        "status": status.as_u16().to_string(),
+    }))
+}
+
+fn gitlab_error(status: StatusCode, message: &str) -> HttpResponse {
+    HttpResponse::build(status).json(json!({ "message": message }))
+}
+
+fn bearer(req: &HttpRequest) -> Option<String> {
+    let value = req.headers().get("authorization")?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    (scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token"))
+        .then(|| token.trim().to_owned())
+}
+
+#[derive(Deserialize)]
+struct JwtClaims {
+    iat: i64,
+    exp: i64,
+    iss: Value,
+}
+
+fn mint_installation_token(
+    req: &HttpRequest,
+    installation_id: &str,
+    ctx: &Context,
+) -> HttpResponse {
+    let Some(jwt) = bearer(req) else {
+        return github_error(
+            StatusCode::UNAUTHORIZED,
+            "A JSON web token could not be decoded",
+        );
+    };
+    let mut sim = ctx.sim.lock().expect("sim lock");
+    let Ok(installation_id) = installation_id.parse::<i64>() else {
+        return github_error(StatusCode::NOT_FOUND, "Not Found");
+    };
+    let Some(installation) = sim.installations.get(&installation_id) else {
+        return github_error(StatusCode::NOT_FOUND, "Not Found");
+    };
+    let app_id = installation.app_id;
+    let Some(key) = sim.github_apps.get(&app_id) else {
+        return github_error(StatusCode::UNAUTHORIZED, "Integration not found");
+    };
+    let mut validation = Validation::new(Algorithm::RS256);
+    validation.set_required_spec_claims(&["exp", "iat", "iss"]);
+    validation.leeway = 0;
+    let claims = match jsonwebtoken::decode::<JwtClaims>(&jwt, key, &validation) {
+        Ok(data) => data.claims,
+        Err(_) => {
+            return github_error(
+                StatusCode::UNAUTHORIZED,
+                "A JSON web token could not be decoded",
+            )
+        }
+    };
+    let now = Utc::now().timestamp();
+    let iss_matches = match &claims.iss {
+        Value::String(s) => s == &app_id.to_string(),
+        Value::Number(n) => n.as_i64() == Some(app_id),
+        _ => false,
+    };
+    if !iss_matches {
+        return github_error(
+            StatusCode::UNAUTHORIZED,
+            "'Issuer' claim ('iss') must be an Integer",
+        );
+    }
+    if claims.iat > now + 60 || claims.exp - now > 600 || claims.exp <= now {
+        return github_error(
+            StatusCode::UNAUTHORIZED,
+            "'Expiration time' claim ('exp') is too far in the future",
+        );
+    }
+    let token = format!("ghs_{}", hex::encode(random_bytes()));
+    let expires_at = Utc::now() + chrono::Duration::hours(1);
+    sim.github_tokens.insert(
+        token.clone(),
+        crate::state::InstallationToken {
+            installation_id,
+            expires_at,
+        },
+    );
+    sim.stats(Kind::Github).tokens_minted += 1;
+    let selection = if sim.installations[&installation_id].repos.is_some() {
+        "selected"
+    } else {
+        "all"
+    };
+    HttpResponse::Created().json(json!({
+        "token": token,
+        "expires_at": expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "permissions": {"contents": "read", "metadata": "read", "pull_requests": "read", "statuses": "write"},
+        "repository_selection": selection,
+    }))
+}
+
+fn random_bytes() -> [u8; 18] {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 18];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .expect("random");
+    bytes
+}
+
+/// The installation behind a valid, unexpired token.
+fn github_installation(req: &HttpRequest, sim: &Sim) -> Option<i64> {
+    let info = sim.github_tokens.get(&bearer(req)?)?;
+    (info.expires_at > Utc::now()).then_some(info.installation_id)
+}
+
+fn installation_sees(sim: &Sim, installation_id: i64, repo: &Repo) -> bool {
+    sim.installations.get(&installation_id).is_some_and(|i| {
+        i.repos
+            .as_ref()
+            .is_none_or(|repos| repos.contains(&repo.full_path().to_ascii_lowercase()))
+    })
+}
+
+fn github(req: &HttpRequest, path: &str, ctx: &Context) -> HttpResponse {
+    let segments: Vec<String> = path.split('/').map(decode).collect();
+    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+    if req.method() == Method::POST {
+        if let ["app", "installations", id, "access_tokens"] = segments.as_slice() {
+            return mint_installation_token(req, id, ctx);
+        }
+        return github_error(StatusCode::NOT_FOUND, "Not Found");
+    }
+    if req.method() != Method::GET {
+        return github_error(StatusCode::NOT_FOUND, "Not Found");
+    }
+    let mut sim = ctx.sim.lock().expect("sim lock");
+    let Some(installation) = github_installation(req, &sim) else {
+        return github_error(StatusCode::UNAUTHORIZED, "Bad credentials");
+    };
+    if let Some(limited) = rate_exhausted(&mut sim, Kind::Github) {
+        return limited;
+    }
+    let base = ctx.base_url.as_str();
+    let not_found = || github_error(StatusCode::NOT_FOUND, "Not Found");
+    match segments.as_slice() {
+        ["installation", "repositories"] => {
+            let repos: Vec<Value> = sim
+                .repos
+                .values()
+                .filter(|r| r.kind == Kind::Github && installation_sees(&sim, installation, r))
+                .map(|r| render::github_repo(base, r))
+                .collect();
+            let per_page = per_page(req, 30);
+            let value = json!({"total_count": repos.len(), "repository_selection": "all", "repositories": repos.into_iter().take(per_page).collect::<Vec<_>>()});
+            conditional_json(req, &mut sim, Kind::Github, &value, HttpResponse::Ok())
+        }
+        ["repos", owner, name, rest @ ..] => {
+            let full = format!("{owner}/{name}");
+            let Some(repo) = sim.repos.get(&key(Kind::Github, &full)) else {
+                return not_found();
+            };
+            if !installation_sees(&sim, installation, repo) {
+                return not_found();
+            }
+            let value = match rest {
+                [] => render::github_repo(base, repo),
+                ["branches", branch @ ..] if !branch.is_empty() => {
+                    let branch = branch.join("/");
+                    let Some(commit) = repo.branches.get(&branch).and_then(|sha| repo.commit(sha))
+                    else {
+                        return github_error(StatusCode::NOT_FOUND, "Branch not found");
+                    };
+                    render::github_branch(base, repo, &branch, commit)
+                }
+                ["pulls"] => return github_pulls(req, &mut sim, &full, base),
+                ["tarball", reference @ ..] if !reference.is_empty() => {
+                    let reference = reference.join("/");
+                    let sha = repo.branches.get(&reference).cloned().unwrap_or(reference);
+                    if !repo.commits.contains_key(&sha)
+                        && !repo.archive_overrides.contains_key(&sha)
+                    {
+                        return not_found();
+                    }
+                    let mut response = HttpResponse::Found();
+                    rate_headers(&mut sim, Kind::Github, &mut response, true);
+                    sim.stats(Kind::Github).counted += 1;
+                    return response
+                        .insert_header((
+                            "Location",
+                            format!("{base}/_codeload/github/{full}/legacy.tar.gz/{sha}"),
+                        ))
+                        .finish();
+                }
+                _ => return not_found(),
+            };
+            conditional_json(req, &mut sim, Kind::Github, &value, HttpResponse::Ok())
+        }
+        _ => not_found(),
+    }
+}
+
+fn per_page(req: &HttpRequest, default: usize) -> usize {
+    param(&query(req), "per_page")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+        .clamp(1, 100)
+}
+
+fn page(req: &HttpRequest) -> usize {
+    param(&query(req), "page")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// The head SHA of a pull request: its head branch's tip, in whichever repo holds it.
+fn head_sha<'a>(sim: &'a Sim, kind: Kind, pull: &crate::state::Pull) -> Option<(&'a Repo, String)> {
+    let head_repo = sim.repos.get(&key(kind, &pull.head_repo))?;
+    let sha = head_repo.branches.get(&pull.head_branch)?.clone();
+    Some((head_repo, sha))
+}
+
+fn github_pulls(req: &HttpRequest, sim: &mut Sim, full: &str, base: &str) -> HttpResponse {
+    let pairs = query(req);
+    let state = param(&pairs, "state").unwrap_or_else(|| "open".into());
+    let base_filter = param(&pairs, "base");
+    let (per_page, page) = (per_page(req, 30), page(req));
+    let repo = &sim.repos[&key(Kind::Github, full)];
+    let mut matching: Vec<&crate::state::Pull> = repo
+        .pulls
+        .iter()
+        .filter(|p| match state.as_str() {
+            "all" => true,
+            "closed" => p.state != PullState::Open,
+            _ => p.state == PullState::Open,
+        })
+        .filter(|p| base_filter.as_deref().is_none_or(|b| p.base_branch == b))
+        .collect();
+    matching.sort_by(|a, b| {
+        b.created_at
+            .cmp(&a.created_at)
+            .then(b.number.cmp(&a.number))
+    });
+    let total = matching.len();
+    let items: Vec<Value> = matching
+        .iter()
+        .skip((page - 1) * per_page)
+        .take(per_page)
+        .filter_map(|p| {
+            head_sha(sim, Kind::Github, p)
+                .map(|(head, sha)| render::github_pull(base, repo, head, p, &sha))
+        })
+        .collect();
+    let last = total.div_ceil(per_page).max(1);
+    let mut response = HttpResponse::Ok();
+    let link_to = |n: usize, rel: &str| {
+        let mut params: Vec<(String, String)> =
+            pairs.iter().filter(|(k, _)| k != "page").cloned().collect();
+        params.push(("page".into(), n.to_string()));
+        let query: Vec<String> = params
+            .iter()
+            .map(|(k, v)| format!("{k}={}", encode(v)))
+            .collect();
+        format!(
+            "<{base}/repos/{full}/pulls?{}>; rel=\"{rel}\"",
+            query.join("&")
+        )
+    };
+    let mut links = Vec::new();
+    if page > 1 {
+        links.push(link_to(page - 1, "prev"));
+        links.push(link_to(1, "first"));
+    }
+    if page < last {
+        links.push(link_to(page + 1, "next"));
+        links.push(link_to(last, "last"));
+    }
+    if !links.is_empty() {
+        response.insert_header(("Link", links.join(", ")));
+    }
+    let value = Value::Array(items);
+    conditional_json(req, sim, Kind::Github, &value, response)
+}
+
+fn encode(value: &str) -> String {
+    percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+fn codeload(rest: &str, ctx: &Context) -> HttpResponse {
+    let segments: Vec<String> = rest.split('/').map(decode).collect();
+    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let (kind, path, sha) = match segments.as_slice() {
+        ["github", owner @ .., "legacy.tar.gz", sha] => {
+            (Kind::Github, owner.join("/"), sha.to_string())
+        }
+        _ => return HttpResponse::NotFound().finish(),
+    };
+    archive_response(ctx, kind, &path, &sha)
+}
+
+fn archive_response(ctx: &Context, kind: Kind, path: &str, sha: &str) -> HttpResponse {
+    let (git_dir_archive, prefix) = {
+        let mut sim = ctx.sim.lock().expect("sim lock");
+        let Ok(repo) = sim.repo(kind, path) else {
+            return HttpResponse::NotFound().finish();
+        };
+        if let Some(bytes) = repo.archive_overrides.get(sha).cloned() {
+            sim.stats(kind).archives += 1;
+            return HttpResponse::Ok()
+                .content_type("application/x-gzip")
+                .body(bytes);
+        }
+        if !repo.commits.contains_key(sha) {
+            return HttpResponse::NotFound().finish();
+        }
+        let prefix = match kind {
+            Kind::Github => format!("{}-{}-{}", repo.owner, repo.name, &sha[..7]),
+            Kind::Gitlab => format!("{}-{sha}-{sha}", repo.name),
+        };
+        let archive = repo.git.archive(sha, &prefix);
+        sim.stats(kind).archives += 1;
+        (archive, prefix)
+    };
+    match git_dir_archive {
+        Ok(bytes) => HttpResponse::Ok()
+            .content_type("application/x-gzip")
+            .insert_header((
+                "Content-Disposition",
+                format!("attachment; filename={prefix}.tar.gz"),
+            ))
+            .body(bytes),
+        Err(err) => HttpResponse::InternalServerError().body(err.to_string()),
+    }
+}
+
+/// The project a GitLab token may see, by numeric id or URL-encoded path.
+fn gitlab_project<'a>(sim: &'a Sim, id: &str) -> Option<&'a Repo> {
+    match id.parse::<i64>() {
+        Ok(numeric) => sim
+            .repos
+            .values()
+            .find(|r| r.kind == Kind::Gitlab && r.id == numeric),
+        Err(_) => sim.repos.get(&key(Kind::Gitlab, id)),
+    }
+}
+
+fn gitlab(req: &HttpRequest, path: &str, ctx: &Context) -> HttpResponse {
+    if req.method() != Method::GET {
+        return gitlab_error(StatusCode::NOT_FOUND, "404 Not Found");
+    }
+    let segments: Vec<String> = path.split('/').map(decode).collect();
+    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let mut sim = ctx.sim.lock().expect("sim lock");
+    let token = req
+        .headers()
+        .get("private-token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let Some(scope) = token.and_then(|t| sim.gitlab_tokens.get(&t).cloned()) else {
+        return gitlab_error(StatusCode::UNAUTHORIZED, "401 Unauthorized");
+    };
+    if let Some(limited) = rate_exhausted(&mut sim, Kind::Gitlab) {
+        return limited;
+    }
+    let base = ctx.base_url.as_str();
+    let not_found =
+        |what: &str| gitlab_error(StatusCode::NOT_FOUND, &format!("404 {what} Not Found"));
+    match segments.as_slice() {
+        ["user"] => {
+            let value = render::gitlab_user(base);
+            conditional_json(req, &mut sim, Kind::Gitlab, &value, HttpResponse::Ok())
+        }
+        ["projects", id, rest @ ..] => {
+            let Some(repo) = gitlab_project(&sim, id) else {
+                return not_found("Project");
+            };
+            if scope
+                .as_ref()
+                .is_some_and(|s| !s.contains(&repo.full_path().to_ascii_lowercase()))
+            {
+                return not_found("Project");
+            }
+            let full = repo.full_path();
+            let value = match rest {
+                [] => render::gitlab_project(base, repo),
+                ["repository", "branches", branch] => {
+                    let Some(commit) = repo.branches.get(*branch).and_then(|sha| repo.commit(sha))
+                    else {
+                        return not_found("Branch");
+                    };
+                    render::gitlab_branch(base, repo, branch, commit)
+                }
+                ["merge_requests"] => return gitlab_merge_requests(req, &mut sim, &full, base),
+                ["repository", "archive.tar.gz"] | ["repository", "archive"] => {
+                    let reference =
+                        param(&query(req), "sha").unwrap_or_else(|| repo.default_branch.clone());
+                    let sha = repo.branches.get(&reference).cloned().unwrap_or(reference);
+                    sim.stats(Kind::Gitlab).counted += 1;
+                    drop(sim);
+                    return archive_response(ctx, Kind::Gitlab, &full, &sha);
+                }
+                _ => return not_found(""),
+            };
+            conditional_json(req, &mut sim, Kind::Gitlab, &value, HttpResponse::Ok())
+        }
+        _ => not_found(""),
+    }
+}
+
+fn gitlab_merge_requests(req: &HttpRequest, sim: &mut Sim, full: &str, base: &str) -> HttpResponse {
+    let pairs = query(req);
+    let state = param(&pairs, "state").unwrap_or_else(|| "all".into());
+    let target = param(&pairs, "target_branch");
+    let (per_page, page) = (per_page(req, 20), page(req));
+    let repo = &sim.repos[&key(Kind::Gitlab, full)];
+    let mut matching: Vec<&crate::state::Pull> = repo
+        .pulls
+        .iter()
+        .filter(|p| match state.as_str() {
+            "opened" => p.state == PullState::Open,
+            "closed" => p.state == PullState::Closed,
+            "merged" => p.state == PullState::Merged,
+            _ => true,
+        })
+        .filter(|p| target.as_deref().is_none_or(|t| p.base_branch == t))
+        .collect();
+    matching.sort_by(|a, b| {
+        b.created_at
+            .cmp(&a.created_at)
+            .then(b.number.cmp(&a.number))
+    });
+    let total = matching.len();
+    let total_pages = total.div_ceil(per_page).max(1);
+    let items: Vec<Value> = matching
+        .iter()
+        .skip((page - 1) * per_page)
+        .take(per_page)
+        .filter_map(|p| {
+            head_sha(sim, Kind::Gitlab, p)
+                .map(|(head, sha)| render::gitlab_merge_request(base, repo, head, p, &sha))
+        })
+        .collect();
+    let mut response = HttpResponse::Ok();
+    let next = if page < total_pages {
+        (page + 1).to_string()
+    } else {
+        String::new()
+    };
+    let prev = if page > 1 {
+        (page - 1).to_string()
+    } else {
+        String::new()
+    };
+    response
+        .insert_header(("X-Page", page.to_string()))
+        .insert_header(("X-Per-Page", per_page.to_string()))
+        .insert_header(("X-Next-Page", next))
+        .insert_header(("X-Prev-Page", prev))
+        .insert_header(("X-Total", total.to_string()))
+        .insert_header(("X-Total-Pages", total_pages.to_string()));
+    let value = Value::Array(items);
+    conditional_json(req, sim, Kind::Gitlab, &value, response)
+}

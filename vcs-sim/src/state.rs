@@ -1,0 +1,316 @@
+//! The simulator's world: repositories, pull/merge requests, GitHub Apps and their
+//! installations, GitLab tokens, rate limits, injected faults and request counters.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use jsonwebtoken::DecodingKey;
+use serde::{Deserialize, Serialize};
+
+use crate::git::{FileChange, GitError, GitRepo};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Github,
+    Gitlab,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Git(#[from] GitError),
+}
+
+pub struct Commit {
+    pub sha: String,
+    pub message: String,
+    pub parent: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+pub struct Pull {
+    pub number: i64,
+    pub id: i64,
+    pub title: String,
+    /// Full path of the repository holding the head branch (a fork when not this one).
+    pub head_repo: String,
+    pub head_branch: String,
+    pub base_branch: String,
+    pub state: PullState,
+    pub draft: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PullState {
+    Open,
+    Closed,
+    Merged,
+}
+
+pub struct Repo {
+    pub kind: Kind,
+    pub id: i64,
+    pub owner: String,
+    pub name: String,
+    pub default_branch: String,
+    pub git: GitRepo,
+    pub branches: HashMap<String, String>,
+    pub commits: HashMap<String, Commit>,
+    pub pulls: Vec<Pull>,
+    /// Raw archives served instead of `git archive` (hostile-archive tests).
+    pub archive_overrides: HashMap<String, Vec<u8>>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl Repo {
+    pub fn full_path(&self) -> String {
+        format!("{}/{}", self.owner, self.name)
+    }
+
+    /// The head SHA of a pull request's head branch, wherever it lives.
+    pub fn commit(&self, sha: &str) -> Option<&Commit> {
+        self.commits.get(sha)
+    }
+}
+
+pub struct Installation {
+    pub id: i64,
+    pub app_id: i64,
+    pub account: String,
+    /// `None`: every GitHub repository of the simulator.
+    pub repos: Option<HashSet<String>>,
+}
+
+pub struct InstallationToken {
+    pub installation_id: i64,
+    pub expires_at: DateTime<Utc>,
+}
+
+pub struct RateLimit {
+    pub limit: u64,
+    pub remaining: u64,
+    pub reset_at: DateTime<Utc>,
+}
+
+impl RateLimit {
+    fn fresh(limit: u64) -> Self {
+        RateLimit {
+            limit,
+            remaining: limit,
+            reset_at: Utc::now() + chrono::Duration::hours(1),
+        }
+    }
+
+    pub fn refresh(&mut self) {
+        if Utc::now() >= self.reset_at {
+            *self = RateLimit::fresh(self.limit);
+        }
+    }
+}
+
+/// A fault injected for the next `count` matching requests.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Fault {
+    #[serde(default)]
+    pub method: Option<String>,
+    /// Matches when the request path contains this.
+    #[serde(default)]
+    pub path_contains: Option<String>,
+    #[serde(default)]
+    pub status: Option<u16>,
+    #[serde(default)]
+    pub retry_after: Option<u64>,
+    #[serde(default)]
+    pub latency_ms: Option<u64>,
+    #[serde(default = "one")]
+    pub count: u64,
+}
+
+fn one() -> u64 {
+    1
+}
+
+impl Fault {
+    pub fn matches(&self, method: &str, path: &str) -> bool {
+        self.method
+            .as_deref()
+            .is_none_or(|m| m.eq_ignore_ascii_case(method))
+            && self
+                .path_contains
+                .as_deref()
+                .is_none_or(|p| path.contains(p))
+    }
+
+    pub fn latency(&self) -> Option<Duration> {
+        self.latency_ms.map(Duration::from_millis)
+    }
+}
+
+/// Request counters, by provider.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Stats {
+    /// Requests that count against the rate limit.
+    pub counted: u64,
+    /// Conditional requests answered 304 (free on GitHub).
+    pub not_modified: u64,
+    pub tokens_minted: u64,
+    pub archives: u64,
+    pub errors: u64,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct WebhookTarget {
+    pub kind: Kind,
+    pub url: String,
+    pub secret: String,
+}
+
+pub struct Sim {
+    pub root: PathBuf,
+    pub repos: HashMap<(Kind, String), Repo>,
+    next_id: i64,
+    pub github_apps: HashMap<i64, DecodingKey>,
+    pub installations: HashMap<i64, Installation>,
+    pub github_tokens: HashMap<String, InstallationToken>,
+    pub gitlab_tokens: HashMap<String, Option<HashSet<String>>>,
+    pub github_rate: RateLimit,
+    pub gitlab_rate: RateLimit,
+    pub faults: Vec<Fault>,
+    pub stats: HashMap<Kind, Stats>,
+    pub webhooks: Vec<WebhookTarget>,
+}
+
+pub fn key(kind: Kind, path: &str) -> (Kind, String) {
+    (kind, path.to_ascii_lowercase())
+}
+
+impl Sim {
+    pub fn new(root: PathBuf) -> Self {
+        Sim {
+            root,
+            repos: HashMap::new(),
+            next_id: 1000,
+            github_apps: HashMap::new(),
+            installations: HashMap::new(),
+            github_tokens: HashMap::new(),
+            gitlab_tokens: HashMap::new(),
+            github_rate: RateLimit::fresh(5000),
+            gitlab_rate: RateLimit::fresh(2000),
+            faults: Vec::new(),
+            stats: HashMap::new(),
+            webhooks: Vec::new(),
+        }
+    }
+
+    pub fn next_id(&mut self) -> i64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    pub fn repo(&self, kind: Kind, path: &str) -> Result<&Repo, SimError> {
+        self.repos
+            .get(&key(kind, path))
+            .ok_or_else(|| SimError::NotFound(format!("no {kind:?} repository {path}")))
+    }
+
+    pub fn repo_mut(&mut self, kind: Kind, path: &str) -> Result<&mut Repo, SimError> {
+        self.repos
+            .get_mut(&key(kind, path))
+            .ok_or_else(|| SimError::NotFound(format!("no {kind:?} repository {path}")))
+    }
+
+    pub fn stats(&mut self, kind: Kind) -> &mut Stats {
+        self.stats.entry(kind).or_default()
+    }
+
+    pub fn create_repo(
+        &mut self,
+        kind: Kind,
+        path: &str,
+        default_branch: &str,
+    ) -> Result<&mut Repo, SimError> {
+        let (owner, name) = path
+            .rsplit_once('/')
+            .filter(|(owner, name)| !owner.is_empty() && !name.is_empty())
+            .ok_or_else(|| SimError::Invalid(format!("`{path}` is not OWNER/NAME")))?;
+        if kind == Kind::Github && owner.contains('/') {
+            return Err(SimError::Invalid(
+                "GitHub repositories are OWNER/NAME".into(),
+            ));
+        }
+        let repo_key = key(kind, path);
+        if self.repos.contains_key(&repo_key) {
+            return Err(SimError::Invalid(format!("repository {path} exists")));
+        }
+        let id = self.next_id();
+        let dir = self.root.join(format!("{id}.git"));
+        let repo = Repo {
+            kind,
+            id,
+            owner: owner.to_owned(),
+            name: name.to_owned(),
+            default_branch: default_branch.to_owned(),
+            git: GitRepo::init(dir)?,
+            branches: HashMap::new(),
+            commits: HashMap::new(),
+            pulls: Vec::new(),
+            archive_overrides: HashMap::new(),
+            created_at: Utc::now(),
+        };
+        Ok(self.repos.entry(repo_key).or_insert(repo))
+    }
+}
+
+impl Repo {
+    /// Commits `changes` on `branch` (created from `from`, or empty, when missing).
+    pub fn commit_on(
+        &mut self,
+        branch: &str,
+        from: Option<&str>,
+        message: &str,
+        changes: &[FileChange],
+    ) -> Result<(String, Option<String>), SimError> {
+        let before = match self.branches.get(branch) {
+            Some(head) => Some(head.clone()),
+            None => match from {
+                Some(from) => Some(
+                    self.branches
+                        .get(from)
+                        .cloned()
+                        .ok_or_else(|| SimError::NotFound(format!("no branch {from}")))?,
+                ),
+                None => None,
+            },
+        };
+        let sha = self.git.commit(before.as_deref(), message, changes)?;
+        self.git.set_branch(branch, &sha)?;
+        self.branches.insert(branch.to_owned(), sha.clone());
+        self.commits.insert(
+            sha.clone(),
+            Commit {
+                sha: sha.clone(),
+                message: message.to_owned(),
+                parent: before.clone(),
+                at: Utc::now(),
+            },
+        );
+        for pull in self
+            .pulls
+            .iter_mut()
+            .filter(|p| p.head_branch == branch && p.state == PullState::Open)
+        {
+            pull.updated_at = Utc::now();
+        }
+        Ok((sha, before))
+    }
+}
