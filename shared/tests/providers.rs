@@ -635,3 +635,25 @@ fn peak_rss_bytes() -> u64 {
         .map(|kb| kb * 1024)
         .unwrap()
 }
+
+#[tokio::test]
+async fn github_enterprise_is_reached_through_the_server_url() {
+    let sim = Simulator::start().await.unwrap();
+    sim.add_github_app(42, GITHUB_APP_TEST_PUBLIC_KEY);
+    sim.add_installation(7, 42, "acme", None);
+    let sha = sim.create_repo(Kind::Github, "acme/infra", &[("main.tf", "")]);
+    let ghe = GitHubClient::new(
+        shared(),
+        &format!("{}/api/v3/", sim.url()),
+        42,
+        7,
+        &SecretString::from(GITHUB_APP_TEST_KEY),
+    )
+    .unwrap();
+    // The URL's host is not used to pick the API: the connection's server URL is.
+    let repo = RepoUrl::parse(Provider::GitHub, "https://ghe.example.com/acme/infra").unwrap();
+    assert_eq!(
+        ghe.branch_head(&repo, "main").await.unwrap().sha.as_str(),
+        sha
+    );
+}

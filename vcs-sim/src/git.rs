@@ -96,7 +96,15 @@ impl GitRepo {
     ) -> Result<String, GitError> {
         let index = self.dir.join(format!("index-{}", std::process::id()));
         let index_path = index.to_string_lossy().into_owned();
-        let env = [("GIT_INDEX_FILE", index_path.as_str())];
+        // An empty work tree: index commands refuse to run without one, and never
+        // touch it since every change goes through --cacheinfo.
+        let work_tree = self.dir.join("empty-work-tree");
+        let _ = std::fs::create_dir_all(&work_tree);
+        let work_tree = work_tree.to_string_lossy().into_owned();
+        let env = [
+            ("GIT_INDEX_FILE", index_path.as_str()),
+            ("GIT_WORK_TREE", work_tree.as_str()),
+        ];
         let _ = std::fs::remove_file(&index);
         match parent {
             Some(parent) => run(&self.dir, &["read-tree", parent], &env, None)?,

@@ -240,5 +240,6 @@ pub fn gitlab_merge_request(
 pub fn gitlab_user(base: &str) -> Value {
     json!({"id": 1, "username": "terrapod-bot", "name": "Terrapod Bot", "state": "active", "locked": false,
         "avatar_url": null, "web_url": format!("{base}/terrapod-bot"), "created_at": "2026-01-01T00:00:00Z",
-        "bot": true, "public_email": null})
+        "bot": true, "public_email": null, "bio": "", "location": "", "organization": "", "job_title": "",
+        "linkedin": "", "skype": "", "twitter": "", "website_url": "", "followers": 0, "following": 0})
 }

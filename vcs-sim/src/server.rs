@@ -45,7 +45,13 @@ fn param(pairs: &[(String, String)], name: &str) -> Option<String> {
 /// Every request lands here and is routed by hand, so encoded slashes in GitLab
 /// project ids and branch names arrive exactly as sent.
 pub async fn dispatch(req: HttpRequest, body: web::Bytes, ctx: web::Data<Context>) -> HttpResponse {
-    let path = req.uri().path().to_owned();
+    // GitHub Enterprise Server serves the same API under `/api/v3`.
+    let raw_path = req.uri().path();
+    let path = raw_path
+        .strip_prefix("/api/v3")
+        .filter(|rest| rest.starts_with('/'))
+        .unwrap_or(raw_path)
+        .to_owned();
     if let Some(rest) = path.strip_prefix("/_admin/") {
         return crate::admin::handle(&req, rest, &body, &ctx).await;
     }

@@ -227,4 +227,54 @@ mod tests {
             assert!(err.contains("Accepted forms"), "{raw}: {err}");
         }
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn segment() -> impl Strategy<Value = String> {
+            "[A-Za-z0-9_][A-Za-z0-9._-]{0,20}".prop_filter("not . or ..", |s| s != "." && s != "..")
+        }
+
+        fn host() -> impl Strategy<Value = String> {
+            "[a-z][a-z0-9]{0,10}(\\.[a-z][a-z0-9]{0,10}){0,3}"
+        }
+
+        proptest! {
+            #[test]
+            fn every_accepted_form_yields_the_same_path(
+                host in host(),
+                groups in prop::collection::vec(segment(), 1..4),
+                name in segment(),
+                form in 0usize..5,
+            ) {
+                let name = name.trim_end_matches(".git").to_owned();
+                prop_assume!(!name.is_empty() && name != "." && name != "..");
+                let path = format!("{}/{}", groups.join("/"), name);
+                let raw = match form {
+                    0 => format!("https://{host}/{path}"),
+                    1 => format!("https://{host}/{path}.git"),
+                    2 => format!("git@{host}:{path}.git"),
+                    3 => format!("https://{host}/{path}/"),
+                    _ => format!("ssh://git@{host}/{path}.git"),
+                };
+                let gitlab = RepoUrl::parse(Provider::GitLab, &raw).unwrap();
+                prop_assert_eq!(gitlab.full_path(), path.clone());
+                prop_assert_eq!(gitlab.name(), name.as_str());
+                let github = RepoUrl::parse(Provider::GitHub, &raw);
+                prop_assert_eq!(github.is_ok(), groups.len() == 1);
+            }
+
+            #[test]
+            fn arbitrary_input_never_panics_and_accepted_paths_are_safe(raw in "\\PC{0,80}") {
+                for provider in [Provider::GitHub, Provider::GitLab] {
+                    if let Ok(url) = RepoUrl::parse(provider, &raw) {
+                        for segment in url.full_path().split('/') {
+                            prop_assert!(valid_segment(segment), "{}", segment);
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
