@@ -1,11 +1,14 @@
-//! `terrapod-poller`. Its configuration and commands are in place; the polling itself
-//! (schedule, queue consumer, providers) is not built yet, and the program says so
-//! instead of pretending to poll.
-
+use std::net::TcpListener;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use terrapod_shared::Settings;
+use terrapod_poller::cache::CycleCache;
+use terrapod_poller::cycle;
+use terrapod_poller::poll::{poll_workspace, PollOutcome, Trigger};
+use terrapod_shared::ids::WorkspaceId;
+use terrapod_shared::{telemetry, Settings};
+use tokio::sync::watch;
 
 /// Terrapod VCS poller: watches GitHub and GitLab and records VCS-triggered runs.
 /// Configured through TERRAPOD_* environment variables.
@@ -18,26 +21,118 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the worker until SIGTERM (the default).
+    /// Run the worker until SIGTERM (the default): finishes in-flight polls, then exits 0.
     Run,
-    /// One pass over due workspaces (or the given one), then exit.
+    /// One pass over the workspaces that are due (or just the given one), then exit.
     PollOnce {
-        /// Poll only this workspace (ws-…).
+        /// Poll only this workspace (ws-…), whether due or not.
         #[arg(long)]
         workspace: Option<String>,
     },
 }
 
-fn main() -> ExitCode {
+#[tokio::main]
+async fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(err) = Settings::from_env() {
-        eprintln!("terrapod-poller: invalid configuration: {err}");
-        return ExitCode::from(2);
-    }
-    let command = match cli.command.unwrap_or(Command::Run) {
-        Command::Run => "run",
-        Command::PollOnce { .. } => "poll-once",
+    let settings = match Settings::from_env() {
+        Ok(settings) => settings,
+        Err(err) => {
+            eprintln!("terrapod-poller: invalid configuration: {err}");
+            return ExitCode::from(2);
+        }
     };
-    eprintln!("terrapod-poller: `{command}` is not implemented yet: VCS polling has not been built in this version");
-    ExitCode::FAILURE
+    telemetry::init(settings.log_format);
+    let listen = settings.poller_listen;
+    let ctx = match terrapod_poller::context(settings) {
+        Ok(ctx) => ctx,
+        Err(err) => {
+            eprintln!("terrapod-poller: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => {
+            let listener = match TcpListener::bind(listen) {
+                Ok(listener) => listener,
+                Err(err) => {
+                    eprintln!("terrapod-poller: cannot listen on {listen}: {err}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let (stop, shutdown) = watch::channel(false);
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                tracing::info!("shutting down: finishing in-flight polls");
+                let _ = stop.send(true);
+            });
+            match terrapod_poller::run(ctx, listener, shutdown).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("terrapod-poller: {err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::PollOnce { workspace } => poll_once(ctx, workspace).await,
+    }
+}
+
+async fn poll_once(
+    ctx: Arc<terrapod_poller::poll::PollContext>,
+    workspace: Option<String>,
+) -> ExitCode {
+    terrapod_poller::wait_for_database(&ctx).await;
+    match workspace {
+        None => {
+            let (_stop, shutdown) = watch::channel(false);
+            let report = cycle::run_cycle(&ctx, &shutdown).await;
+            println!(
+                "polled {} workspaces, created {} runs, {} errors",
+                report.polled, report.runs_created, report.errors
+            );
+            ExitCode::SUCCESS
+        }
+        Some(raw) => {
+            let Ok(id) = WorkspaceId::parse(&raw) else {
+                eprintln!("terrapod-poller: `{raw}` is not a workspace id (ws-…)");
+                return ExitCode::from(2);
+            };
+            match poll_workspace(&ctx, &CycleCache::default(), &id, Trigger::Message).await {
+                Ok(PollOutcome::Polled {
+                    runs_created,
+                    error,
+                }) => {
+                    println!("created {runs_created} runs");
+                    match error {
+                        Some(error) => {
+                            eprintln!("terrapod-poller: {error}");
+                            ExitCode::FAILURE
+                        }
+                        None => ExitCode::SUCCESS,
+                    }
+                }
+                Ok(PollOutcome::Locked) => {
+                    eprintln!("terrapod-poller: another poll of {id} is under way");
+                    ExitCode::FAILURE
+                }
+                Ok(PollOutcome::Gone) => {
+                    eprintln!("terrapod-poller: workspace {id} does not exist or is not linked to a repository");
+                    ExitCode::FAILURE
+                }
+                Err(err) => {
+                    eprintln!("terrapod-poller: {err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }

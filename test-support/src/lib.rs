@@ -87,3 +87,127 @@ pub const GITHUB_APP_TEST_KEY_PKCS8: &str =
 /// The public half of [`GITHUB_APP_TEST_KEY`], as GitHub holds it.
 pub const GITHUB_APP_TEST_PUBLIC_KEY: &str =
     include_str!("../fixtures/github-app-test-key.pub.pem");
+
+/// A RabbitMQ virtual host of its own for one test, removed when dropped.
+pub struct TestVhost {
+    name: String,
+}
+
+fn rabbitmqctl(args: &[&str]) -> std::io::Result<std::process::Output> {
+    std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+}
+
+impl TestVhost {
+    pub fn new() -> TestVhost {
+        let name = format!("terrapod_test_{}", random_base58(12).to_lowercase());
+        for args in [
+            vec!["add_vhost", name.as_str()],
+            vec![
+                "set_permissions",
+                "-p",
+                name.as_str(),
+                "guest",
+                ".*",
+                ".*",
+                ".*",
+            ],
+        ] {
+            let output = rabbitmqctl(&args).expect("rabbitmqctl runs");
+            assert!(
+                output.status.success(),
+                "rabbitmqctl {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        TestVhost { name }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// An AMQP URL for this vhost on `host:port` (the broker, or a proxy in front of it).
+    pub fn url_via(&self, address: &str) -> String {
+        format!("amqp://guest:guest@{address}/{}", self.name)
+    }
+
+    pub fn url(&self) -> String {
+        self.url_via("127.0.0.1:5672")
+    }
+}
+
+impl Default for TestVhost {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TestVhost {
+    fn drop(&mut self) {
+        let _ = rabbitmqctl(&["delete_vhost", &self.name]);
+    }
+}
+
+/// A TCP proxy that can be cut and restored, to take a service away from one test
+/// without stopping it for the others.
+pub struct TcpProxy {
+    address: std::net::SocketAddr,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    generation: tokio::sync::watch::Sender<u64>,
+}
+
+impl TcpProxy {
+    pub async fn start(target: &str) -> TcpProxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let open = std::sync::Arc::new(AtomicBool::new(true));
+        let (generation, _) = tokio::sync::watch::channel(0u64);
+        let target = target.to_owned();
+        let (accept_open, accept_generation) = (open.clone(), generation.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if !accept_open.load(Ordering::SeqCst) {
+                    continue; // dropped: the client sees the connection closed
+                }
+                let target = target.clone();
+                let mut cut = accept_generation.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        TcpProxy {
+            address,
+            open,
+            generation,
+        }
+    }
+
+    pub fn address(&self) -> String {
+        self.address.to_string()
+    }
+
+    /// Drops every proxied connection and refuses new ones.
+    pub fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    pub fn restore(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}

@@ -52,6 +52,7 @@ diesel::table! {
         vcs_last_error_at -> Nullable<Timestamptz>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        vcs_last_attempt_at -> Nullable<Timestamptz>,
     }
 }
 

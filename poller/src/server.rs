@@ -1,0 +1,59 @@
+//! `/healthz`, `/readyz` and `/metrics` on `TERRAPOD_POLLER__LISTEN`.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::{web, App, HttpResponse, HttpServer};
+use secrecy::ExposeSecret;
+use serde_json::json;
+use terrapod_shared::{db, queue};
+
+use crate::poll::PollContext;
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "healthy"}))
+}
+
+async fn readyz(ctx: web::Data<Arc<PollContext>>) -> HttpResponse {
+    let (database, broker) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(3), db::ping(&ctx.pool)),
+        queue::check_broker(
+            ctx.settings.amqp_url.expose_secret(),
+            Duration::from_secs(3)
+        ),
+    );
+    let database_ok = database.unwrap_or(false);
+    let checks = json!({
+        "database": if database_ok { "ok" } else { "unreachable" },
+        "rabbitmq": match &broker { Ok(()) => "ok".to_owned(), Err(why) => format!("unreachable: {why}") },
+    });
+    if database_ok && broker.is_ok() {
+        HttpResponse::Ok().json(json!({"status": "ready", "checks": checks}))
+    } else {
+        HttpResponse::ServiceUnavailable().json(json!({"status": "unready", "checks": checks}))
+    }
+}
+
+async fn metrics(ctx: web::Data<Arc<PollContext>>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(ctx.metrics.render())
+}
+
+/// Binds the listener; returns the server and the port it got.
+pub fn build(ctx: Arc<PollContext>, listener: TcpListener) -> std::io::Result<Server> {
+    let data = web::Data::new(ctx);
+    Ok(HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .route("/healthz", web::get().to(healthz))
+            .route("/readyz", web::get().to(readyz))
+            .route("/metrics", web::get().to(metrics))
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)?
+    .run())
+}

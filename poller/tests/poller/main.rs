@@ -1,0 +1,8 @@
+//! One integration binary for the poller: real PostgreSQL, real RabbitMQ (a vhost per
+//! test) and the VCS simulator.
+
+mod flows;
+mod helpers;
+mod process;
+mod replicas;
+mod robustness;

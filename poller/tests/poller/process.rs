@@ -1,0 +1,264 @@
+//! The `terrapod-poller` binary: signals, `poll-once`, health and logs.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use terrapod_shared::domain::TriggerReason;
+use terrapod_vcs_sim::{Fault, Kind};
+
+use crate::helpers::World;
+
+fn poller(world: &World, args: &[&str], overrides: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_terrapod-poller"));
+    command
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("TERRAPOD_LOG__FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .envs(world.env(overrides));
+    command
+}
+
+/// Spawns the poller and collects its stderr lines.
+fn spawn(mut command: Command) -> (Child, Arc<Mutex<Vec<String>>>) {
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let stderr = child.stderr.take().unwrap();
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    (child, lines)
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([name, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn wait(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "the poller did not exit in time");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn latency(path: &str, ms: u64, count: u64) -> Fault {
+    Fault {
+        method: None,
+        path_contains: Some(path.into()),
+        status: None,
+        retry_after: None,
+        latency_ms: Some(ms),
+        count,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_the_poll_under_way_and_exits_zero() {
+    let world = World::new().await;
+    let sha = world
+        .sim
+        .create_repo(Kind::Github, "acme/infra", &[("main.tf", "")]);
+    let ws = world
+        .workspace("infra", Kind::Github, "acme/infra", "main")
+        .await;
+    world.sim.inject_fault(latency("/tarball/", 2_000, 1));
+    let port = free_port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let (mut child, logs) = spawn(poller(
+        &world,
+        &["run"],
+        &[("TERRAPOD_POLLER__LISTEN", listen.as_str())],
+    ));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // The branch head is read; the archive download (delayed 2 s) comes next.
+    while world.sim.stats(Kind::Github).counted < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "no poll started: {:?}",
+            logs.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let health: serde_json::Value = reqwest::get(format!("http://{listen}/healthz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "healthy");
+    assert!(
+        world.runs(&ws).await.is_empty(),
+        "the archive download is still under way"
+    );
+    signal(&child, "-TERM");
+    let status = wait(&mut child, Duration::from_secs(30));
+    assert!(status.success(), "{status:?}: {:?}", logs.lock().unwrap());
+    let runs = world.runs(&ws).await;
+    assert_eq!(runs.len(), 1, "the in-flight poll was finished");
+    assert_eq!(runs[0].vcs_commit_sha, sha);
+    let logs = logs.lock().unwrap().join("\n");
+    assert!(logs.contains("VCS poller started"), "{logs}");
+    assert!(logs.contains("VCS poll cycle"), "{logs}");
+    assert!(logs.contains("\"interval_seconds\":60"), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_mid_cycle_leaves_no_lost_and_no_duplicate_run() {
+    let world = World::new().await;
+    let mut workspaces = Vec::new();
+    for r in 0..4 {
+        let repo = format!("acme/r{r}");
+        world
+            .sim
+            .create_repo(Kind::Github, &repo, &[("main.tf", &r.to_string())]);
+        for n in 0..5 {
+            workspaces.push((
+                world
+                    .workspace(&format!("w{r}-{n}"), Kind::Github, &repo, "main")
+                    .await,
+                repo.clone(),
+            ));
+        }
+    }
+    world.sim.inject_fault(latency("/tarball/", 700, 100));
+    let (mut child, _logs) = spawn(poller(
+        &world,
+        &["run"],
+        &[("TERRAPOD_POLLER__CONCURRENCY", "2")],
+    ));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while world.all_runs().await.is_empty() {
+        assert!(Instant::now() < deadline, "no run was created");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    signal(&child, "-KILL");
+    wait(&mut child, Duration::from_secs(10));
+    let before = world.all_runs().await.len();
+    assert!(before < workspaces.len(), "killed mid-cycle: {before} runs");
+
+    world.make_all_due().await;
+    let output = poller(&world, &["poll-once"], &[]).output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("polled"));
+    for (ws, repo) in &workspaces {
+        let head = world.sim.sim().repo(Kind::Github, repo).unwrap().branches["main"].clone();
+        let runs = world.runs(ws).await;
+        let push: Vec<_> = runs
+            .iter()
+            .filter(|r| r.trigger_reason == TriggerReason::Push)
+            .collect();
+        assert_eq!(push.len(), 1, "{ws}: {runs:?}");
+        assert_eq!(push[0].vcs_commit_sha, head);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poll_once_polls_one_workspace_on_request() {
+    let world = World::new().await;
+    world
+        .sim
+        .create_repo(Kind::Gitlab, "group/project", &[("main.tf", "")]);
+    let ws = world
+        .workspace("p", Kind::Gitlab, "group/project", "main")
+        .await;
+    let output = poller(&world, &["poll-once", "--workspace", ws.as_str()], &[])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "created 1 runs"
+    );
+    let bad = poller(&world, &["poll-once", "--workspace", "nope"], &[])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    let invalid = poller(
+        &world,
+        &["run"],
+        &[("TERRAPOD_POLLER__CONCURRENCY", "many")],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(invalid.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&invalid.stderr);
+    assert_eq!(stderr.lines().count(), 1);
+    assert!(stderr.contains("TERRAPOD_POLLER__CONCURRENCY"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_and_metrics_are_served() {
+    let world = World::new().await;
+    world
+        .sim
+        .create_repo(Kind::Github, "acme/infra", &[("main.tf", "")]);
+    world
+        .workspace("infra", Kind::Github, "acme/infra", "main")
+        .await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let (mut child, logs) = spawn(poller(
+        &world,
+        &["run"],
+        &[("TERRAPOD_POLLER__LISTEN", listen.as_str())],
+    ));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let metrics = loop {
+        if let Ok(response) = reqwest::get(format!("http://{listen}/metrics")).await {
+            let text = response.text().await.unwrap();
+            if text.contains("terrapod_vcs_runs_created_total{provider=\"github\",type=\"push\"} 1")
+            {
+                break text;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no run counted: {:?}",
+            logs.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(metrics.contains("terrapod_vcs_poll_duration_seconds"));
+    assert!(metrics
+        .contains("terrapod_vcs_provider_requests_total{provider=\"github\",status=\"200\"}"));
+    let ready = reqwest::get(format!("http://{listen}/readyz"))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    signal(&child, "-TERM");
+    assert!(wait(&mut child, Duration::from_secs(20)).success());
+}
