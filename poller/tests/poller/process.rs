@@ -22,8 +22,31 @@ fn poller(world: &World, args: &[&str], overrides: &[(&str, &str)]) -> Command {
     command
 }
 
+/// A child process killed when the test ends, even when it fails half-way.
+struct Guard(Child);
+
+impl std::ops::Deref for Guard {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Guard {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Spawns the poller and collects its stderr lines.
-fn spawn(mut command: Command) -> (Child, Arc<Mutex<Vec<String>>>) {
+fn spawn(mut command: Command) -> (Guard, Arc<Mutex<Vec<String>>>) {
     let mut child = command
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -37,7 +60,7 @@ fn spawn(mut command: Command) -> (Child, Arc<Mutex<Vec<String>>>) {
             sink.lock().unwrap().push(line);
         }
     });
-    (child, lines)
+    (Guard(child), lines)
 }
 
 fn signal(child: &Child, name: &str) {
