@@ -7,6 +7,8 @@ pub mod error;
 pub mod health;
 pub mod jsonapi;
 pub mod metrics;
+pub mod polls;
 pub mod resources;
 pub mod routes;
 pub mod startup;
+pub mod webhooks;

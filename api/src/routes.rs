@@ -4,7 +4,7 @@ use actix_web::{web, HttpRequest, HttpResponse, Route};
 
 use crate::error::ApiError;
 use crate::resources::{configuration_versions, runs, vcs_connections, workspaces};
-use crate::{health, metrics};
+use crate::{health, metrics, webhooks};
 
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound(format!("no route for {}", req.path())))
@@ -33,6 +33,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(
             web::scope("/api/v2")
                 .service(resource("/ping", vec![web::get().to(health::ping)]))
+                .service(resource(
+                    "/vcs-events/github",
+                    vec![web::post().to(webhooks::github)],
+                ))
+                .service(resource(
+                    "/vcs-events/gitlab",
+                    vec![web::post().to(webhooks::gitlab)],
+                ))
                 .service(resource(
                     "/organizations/{org}/vcs-connections",
                     vec![
@@ -66,6 +74,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                         web::patch().to(workspaces::update),
                         web::delete().to(workspaces::delete),
                     ],
+                ))
+                .service(resource(
+                    "/workspaces/{id}/actions/poll-vcs",
+                    vec![web::post().to(workspaces::poll_vcs)],
                 ))
                 .service(resource(
                     "/workspaces/{id}/runs",

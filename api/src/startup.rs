@@ -6,7 +6,9 @@ use std::sync::Arc;
 use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
+use secrecy::ExposeSecret;
 use terrapod_shared::db::DbPool;
+use terrapod_shared::queue::Publisher;
 use terrapod_shared::Settings;
 
 use crate::metrics::ApiMetrics;
@@ -16,6 +18,8 @@ pub struct AppState {
     pub pool: DbPool,
     pub settings: Arc<Settings>,
     pub metrics: ApiMetrics,
+    /// Connects lazily and reconnects after a failure, so CRUD never waits for the broker.
+    pub publisher: Publisher,
 }
 
 pub struct Application {
@@ -30,6 +34,7 @@ impl Application {
         let port = listener.local_addr()?.port();
         let state = web::Data::new(AppState {
             pool,
+            publisher: Publisher::new(settings.amqp_url.expose_secret(), "terrapod-api"),
             settings: Arc::new(settings),
             metrics: ApiMetrics::new(),
         });

@@ -152,6 +152,32 @@ impl Simulator {
         sha
     }
 
+    /// Commits like [`Simulator::commit`] but returns the webhook events instead of
+    /// delivering them (to time the delivery on its own).
+    pub fn commit_quietly(
+        &self,
+        kind: Kind,
+        path: &str,
+        branch: &str,
+        message: &str,
+        files: &[(&str, &str)],
+    ) -> (String, Vec<Event>) {
+        ops::commit(
+            &mut self.sim(),
+            kind,
+            path,
+            branch,
+            message,
+            &to_specs(files),
+        )
+        .expect("commit")
+    }
+
+    /// Delivers events to the registered webhook targets.
+    pub async fn deliver(&self, events: Vec<Event>) {
+        self.send(events).await;
+    }
+
     /// Opens a PR/MR from `head` into `base`; returns its number (iid on GitLab).
     pub async fn open_pull(&self, kind: Kind, path: &str, new: NewPull) -> i64 {
         let (number, events) =

@@ -10,11 +10,12 @@ use terrapod_shared::crypto::KeyRing;
 use terrapod_shared::db::{self, DbPool};
 use terrapod_shared::domain::Role;
 use terrapod_shared::{tokens, Settings};
-use terrapod_test_support::{TestDatabase, GITHUB_APP_TEST_KEY};
+use terrapod_test_support::{TestDatabase, TestVhost, GITHUB_APP_TEST_KEY};
 
 pub struct TestApp {
     pub address: String,
     pub db: TestDatabase,
+    pub vhost: TestVhost,
     pub pool: DbPool,
     pub admin_token: String,
     pub member_token: String,
@@ -29,8 +30,10 @@ pub async fn spawn_app() -> TestApp {
 /// `configure` may add or remove environment variables before the settings are read.
 pub async fn spawn_app_with(configure: impl FnOnce(&mut HashMap<&'static str, String>)) -> TestApp {
     let db = TestDatabase::new().await;
+    let vhost = TestVhost::new();
     let mut env: HashMap<&'static str, String> = HashMap::new();
     env.insert("TERRAPOD_DATABASE__URL", db.url().to_owned());
+    env.insert("TERRAPOD_AMQP__URL", vhost.url());
     env.insert("TERRAPOD_API__LISTEN", "127.0.0.1:0".to_owned());
     env.insert("TERRAPOD_ENCRYPTION__KEY", KeyRing::generate_key());
     configure(&mut env);
@@ -53,6 +56,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut HashMap<&'static str, St
     TestApp {
         address,
         db,
+        vhost,
         pool,
         admin_token: admin_token.expose_secret().to_owned(),
         member_token: member_token.expose_secret().to_owned(),
@@ -211,6 +215,36 @@ pub async fn assert_error(response: Response, status: u16) -> String {
     assert_eq!(error["status"], status.to_string(), "{body}");
     assert!(error["title"].is_string(), "{body}");
     error["detail"].as_str().expect("detail").to_owned()
+}
+
+/// Takes every message waiting in the test's poll queue.
+pub async fn drain_poll_messages(app: &TestApp) -> Vec<terrapod_shared::queue::PollMessage> {
+    use lapin::options::{BasicAckOptions, BasicGetOptions};
+    let connection = terrapod_shared::queue::connect(&app.vhost.url(), "test-drain")
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    terrapod_shared::queue::declare_topology(&channel)
+        .await
+        .unwrap();
+    let mut messages = Vec::new();
+    while let Some(message) = channel
+        .basic_get(
+            terrapod_shared::queue::POLL_QUEUE.into(),
+            BasicGetOptions::default(),
+        )
+        .await
+        .unwrap()
+    {
+        messages.push(serde_json::from_slice(&message.delivery.data).unwrap());
+        message
+            .delivery
+            .ack(BasicAckOptions::default())
+            .await
+            .unwrap();
+    }
+    let _ = connection.close(200, "done".into()).await;
+    messages
 }
 
 pub fn sha(n: u32) -> terrapod_shared::domain::CommitSha {

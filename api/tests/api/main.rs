@@ -11,4 +11,5 @@ mod runs;
 mod schema;
 mod security;
 mod vcs_connections;
+mod webhooks;
 mod workspaces;

@@ -138,6 +138,7 @@ impl World {
                 auto_apply: false,
                 vcs_connection_id: Some(self.connection_for(kind)),
                 vcs_repo_url: &url,
+                vcs_repo_path: &repo.to_ascii_lowercase(),
                 vcs_branch: branch,
                 working_directory: "",
             })

@@ -110,6 +110,8 @@ pub struct NewWorkspace<'a> {
     pub auto_apply: bool,
     pub vcs_connection_id: Option<&'a VcsConnectionId>,
     pub vcs_repo_url: &'a str,
+    /// The URL's repository path, lowercased; empty when unlinked.
+    pub vcs_repo_path: &'a str,
     pub vcs_branch: &'a str,
     pub working_directory: &'a str,
 }
@@ -123,6 +125,7 @@ pub struct WorkspaceChanges {
     pub auto_apply: Option<bool>,
     pub vcs_connection_id: Option<Option<VcsConnectionId>>,
     pub vcs_repo_url: Option<String>,
+    pub vcs_repo_path: Option<String>,
     pub vcs_branch: Option<String>,
     pub working_directory: Option<String>,
     pub vcs_last_commit_sha: Option<Option<String>>,

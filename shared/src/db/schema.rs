@@ -53,6 +53,15 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         vcs_last_attempt_at -> Nullable<Timestamptz>,
+        vcs_repo_path -> Text,
+    }
+}
+
+diesel::table! {
+    webhook_deliveries (provider, delivery_id) {
+        provider -> Text,
+        delivery_id -> Text,
+        received_at -> Timestamptz,
     }
 }
 
@@ -117,4 +126,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     configuration_archives,
     configuration_versions,
     runs,
+    webhook_deliveries,
 );

@@ -6,6 +6,8 @@ pub mod view;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 
+use terrapod_shared::queue::PollReason;
+
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::jsonapi::{self, InputDocument, JsonApiBody, Page};
@@ -26,6 +28,9 @@ pub async fn create(
     let mut conn = state.pool.get().await?;
     let created = service::create(&mut conn, &organization, attrs, relationships).await?;
     tracing::info!(workspace.id = %created.id, "workspace created");
+    if created.vcs_connection_id.is_some() {
+        crate::polls::queue_best_effort(&state, &created.id, PollReason::Linked).await;
+    }
     Ok(jsonapi::document(
         StatusCode::CREATED,
         view::render(&created),
@@ -80,7 +85,33 @@ pub async fn update(
     let (attrs, relationships) = body.0.data.accept(KIND, Some(&id))?;
     let mut conn = state.pool.get().await?;
     let updated = service::update(&mut conn, &id, attrs, relationships).await?;
+    if updated.vcs_settings_changed && updated.workspace.vcs_connection_id.is_some() {
+        crate::polls::queue_best_effort(&state, &updated.workspace.id, PollReason::Linked).await;
+    }
     Ok(jsonapi::ok(view::render(&updated.workspace)))
+}
+
+/// Queues an immediate poll of a linked workspace (202), or 503 when the broker
+/// cannot take it.
+pub async fn poll_vcs(
+    _caller: Caller,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let mut conn = state.pool.get().await?;
+    let workspace = service::find(&mut conn, &id).await?;
+    if workspace.vcs_connection_id.is_none() || workspace.vcs_repo_url.is_empty() {
+        return Err(ApiError::Unprocessable(
+            "the workspace is not linked to a repository through a VCS connection".into(),
+        ));
+    }
+    crate::polls::queue(
+        &state,
+        std::slice::from_ref(&workspace.id),
+        PollReason::Manual,
+    )
+    .await?;
+    Ok(HttpResponse::Accepted().json(serde_json::json!({"message": "poll queued"})))
 }
 
 pub async fn delete(

@@ -119,10 +119,11 @@ async fn connection_by_id(
 }
 
 /// A URL and a connection go together: both set, or both cleared. The URL must parse
-/// for the connection's provider.
-fn check_link(url: &str, connection: Option<&VcsConnection>) -> Result<(), ApiError> {
+/// for the connection's provider; its lowercased repository path is returned (empty
+/// when unlinked), which is how webhooks find the workspace.
+fn check_link(url: &str, connection: Option<&VcsConnection>) -> Result<String, ApiError> {
     match (url.trim().is_empty(), connection) {
-        (true, None) => Ok(()),
+        (true, None) => Ok(String::new()),
         (false, None) => Err(ApiError::Unprocessable(
             "vcs-repo-url needs a vcs-connection relationship to poll it with".into(),
         )),
@@ -130,7 +131,7 @@ fn check_link(url: &str, connection: Option<&VcsConnection>) -> Result<(), ApiEr
             "a vcs-connection needs a vcs-repo-url to poll".into(),
         )),
         (false, Some(connection)) => RepoUrl::parse(connection.provider, url)
-            .map(drop)
+            .map(|repo| repo.full_path().to_ascii_lowercase())
             .map_err(unprocessable),
     }
 }
@@ -163,7 +164,7 @@ pub async fn create(
         None => None,
     };
     let url = attrs.vcs_repo_url.as_deref().unwrap_or_default().trim();
-    check_link(url, connection.as_ref())?;
+    let repo_path = check_link(url, connection.as_ref())?;
     let id = WorkspaceId::generate();
     diesel::insert_into(workspaces::table)
         .values(NewWorkspace {
@@ -174,6 +175,7 @@ pub async fn create(
             auto_apply: attrs.auto_apply.unwrap_or(false),
             vcs_connection_id: connection.as_ref().map(|c| &c.id),
             vcs_repo_url: url,
+            vcs_repo_path: &repo_path,
             vcs_branch: branch.as_str(),
             working_directory: directory.as_str(),
         })

@@ -1,0 +1,171 @@
+//! A whole Terrapod VCS in one process for benchmarks: a fresh database, a vhost of
+//! its own, the VCS simulator, the API and a poller.
+
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+use serde_json::{json, Value};
+use terrapod_api::startup::Application;
+use terrapod_shared::crypto::KeyRing;
+use terrapod_shared::domain::Role;
+use terrapod_shared::{db, tokens, Settings};
+use terrapod_test_support::{
+    TestDatabase, TestVhost, GITHUB_APP_TEST_KEY, GITHUB_APP_TEST_PUBLIC_KEY,
+};
+use terrapod_vcs_sim::Simulator;
+
+pub const WEBHOOK_SECRET: &str = "bench-webhook-secret";
+
+pub struct System {
+    pub db: TestDatabase,
+    pub vhost: TestVhost,
+    pub sim: Simulator,
+    pub api: String,
+    pub token: String,
+    pub client: reqwest::Client,
+    pub env: Vec<(String, String)>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl System {
+    /// Starts everything; `interval` is the poll interval in seconds.
+    pub async fn start(interval: u64, concurrency: usize) -> System {
+        let db = TestDatabase::new().await;
+        let vhost = TestVhost::new();
+        let sim = Simulator::start().await.unwrap();
+        sim.add_github_app(1, GITHUB_APP_TEST_PUBLIC_KEY);
+        sim.add_installation(1, 1, "bench", None);
+        sim.add_gitlab_token("glpat-bench", None);
+        let env: Vec<(String, String)> = vec![
+            ("TERRAPOD_DATABASE__URL".into(), db.url().to_owned()),
+            ("TERRAPOD_AMQP__URL".into(), vhost.url()),
+            ("TERRAPOD_ENCRYPTION__KEY".into(), KeyRing::generate_key()),
+            ("TERRAPOD_API__LISTEN".into(), "127.0.0.1:0".into()),
+            ("TERRAPOD_POLLER__LISTEN".into(), "127.0.0.1:0".into()),
+            (
+                "TERRAPOD_VCS__POLL_INTERVAL_SECONDS".into(),
+                interval.to_string(),
+            ),
+            (
+                "TERRAPOD_POLLER__CONCURRENCY".into(),
+                concurrency.to_string(),
+            ),
+            (
+                "TERRAPOD_VCS__GITHUB__WEBHOOK_SECRET".into(),
+                WEBHOOK_SECRET.into(),
+            ),
+        ];
+        let settings = settings(&env);
+        let pool = db::pool(db.url(), "terrapod-api", 16).unwrap();
+        let token = tokens::generate();
+        tokens::store(&mut pool.get().await.unwrap(), &token, Role::Admin, "bench")
+            .await
+            .unwrap();
+        let app = Application::build(settings, pool).unwrap();
+        let api = format!("http://127.0.0.1:{}", app.port());
+        tokio::spawn(app.run_until_stopped());
+        let (stop, _) = tokio::sync::watch::channel(false);
+        let system = System {
+            db,
+            vhost,
+            sim,
+            api,
+            token: token.expose_secret().to_owned(),
+            client: reqwest::Client::new(),
+            env,
+            stop,
+        };
+        system.start_poller();
+        system
+    }
+
+    /// Starts one more poller replica in this process.
+    pub fn start_poller(&self) {
+        let ctx = terrapod_poller::context(settings(&self.env)).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        tokio::spawn(terrapod_poller::run(ctx, listener, self.stop.subscribe()));
+    }
+
+    pub async fn stop(&self) {
+        let _ = self.stop.send(true);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Value {
+        let response = self
+            .client
+            .post(format!("{}{path}", self.api))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "{path}: {}",
+            response.status()
+        );
+        response.json().await.unwrap()
+    }
+
+    pub async fn get(&self, path: &str) -> Value {
+        self.client
+            .get(format!("{}{path}", self.api))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// A GitHub connection to the simulator; returns its id.
+    pub async fn github_connection(&self) -> String {
+        let body = json!({"data": {"type": "vcs-connections", "attributes": {
+            "name": "github", "provider": "github", "server-url": self.sim.url(),
+            "github-app-id": 1, "github-installation-id": 1, "private-key": GITHUB_APP_TEST_KEY}}});
+        self.post("/api/v2/organizations/default/vcs-connections", &body)
+            .await["data"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    pub async fn workspace(&self, name: &str, connection: &str, repo: &str) -> String {
+        let body = json!({"data": {"type": "workspaces",
+            "attributes": {"name": name, "vcs-repo-url": format!("https://github.com/{repo}"), "vcs-branch": "main"},
+            "relationships": {"vcs-connection": {"data": {"id": connection, "type": "vcs-connections"}}}}});
+        self.post("/api/v2/organizations/default/workspaces", &body)
+            .await["data"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// True when the workspace's newest run is for `sha`.
+    pub async fn has_run(&self, workspace: &str, sha: &str) -> bool {
+        let runs = self
+            .get(&format!("/api/v2/workspaces/{workspace}/runs?page[size]=1"))
+            .await;
+        runs["data"][0]["attributes"]["vcs-commit-sha"] == sha
+    }
+}
+
+pub fn settings(env: &[(String, String)]) -> Settings {
+    Settings::from_lookup(|name| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
+        .unwrap()
+}
+
+/// The value below which `p` of `sorted` lies (nearest rank).
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+pub fn ms(duration: Duration) -> String {
+    format!("{:.1} ms", duration.as_secs_f64() * 1000.0)
+}
