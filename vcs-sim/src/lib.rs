@@ -61,6 +61,7 @@ impl Simulator {
                 .default_service(web::to(server::dispatch))
         })
         .workers(2)
+        .disable_signals()
         .listen(listener)?
         .run();
         let handle = server.handle();
@@ -211,6 +212,25 @@ impl Simulator {
     pub async fn stop(&self) {
         self.handle.stop(false).await;
     }
+}
+
+/// The public half of the project's test GitHub App key (test-support/fixtures):
+/// demo worlds use it, so nothing secret is involved.
+pub const DEMO_GITHUB_APP_PUBLIC_KEY: &str =
+    include_str!("../../test-support/fixtures/github-app-test-key.pub.pem");
+
+/// A sample world for the demo: see `terrapod-vcs-sim --help`.
+pub fn seed_demo(sim: &Simulator) {
+    sim.add_github_app(1, DEMO_GITHUB_APP_PUBLIC_KEY);
+    sim.add_installation(1, 1, "demo", None);
+    sim.add_gitlab_token("glpat-demo", None);
+    let terraform = "terraform {\n  required_version = \">= 1.5\"\n}\n\nresource \"null_resource\" \"hello\" {}\n";
+    sim.create_repo(
+        Kind::Github,
+        "demo/infra",
+        &[("main.tf", terraform), ("README.md", "# demo/infra\n")],
+    );
+    sim.create_repo(Kind::Gitlab, "demo/network", &[("main.tf", terraform)]);
 }
 
 fn to_specs(files: &[(&str, &str)]) -> Vec<(String, Option<FileSpec>)> {

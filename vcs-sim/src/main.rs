@@ -15,6 +15,11 @@ struct Cli {
     /// Directory for the git repositories (a temporary one when absent).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Start with a sample world: GitHub App 1 (installation 1) keyed with the
+    /// project's published test key, GitLab token `glpat-demo`, and the repositories
+    /// github `demo/infra` and gitlab `demo/network`.
+    #[arg(long)]
+    seed_demo: bool,
 }
 
 #[actix_web::main]
@@ -35,8 +40,15 @@ async fn main() -> std::io::Result<()> {
         }
     };
     let sim = Simulator::start_at(cli.listen, root).await?;
+    if cli.seed_demo {
+        terrapod_vcs_sim::seed_demo(&sim);
+    }
     tracing::info!(url = sim.url(), "terrapod-vcs-sim listening");
-    tokio::signal::ctrl_c().await?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
     sim.stop().await;
     Ok(())
 }

@@ -161,7 +161,10 @@ pub async fn claim_delivery(
     provider: Provider,
     id: &str,
 ) -> QueryResult<bool> {
-    if CLAIMS.fetch_add(1, Ordering::Relaxed).is_multiple_of(PURGE_EVERY) {
+    if CLAIMS
+        .fetch_add(1, Ordering::Relaxed)
+        .is_multiple_of(PURGE_EVERY)
+    {
         diesel::sql_query(format!(
             "DELETE FROM webhook_deliveries WHERE received_at < now() - interval '{REMEMBER_HOURS} hours'"
         ))
