@@ -21,6 +21,7 @@ pub struct FileChange {
     pub mode: String,
 }
 
+#[derive(Clone)]
 pub struct GitRepo {
     dir: PathBuf,
 }

@@ -97,7 +97,9 @@ pub fn set_rate_limit(sim: &mut Sim, kind: Kind, remaining: u64, reset_in_second
         Kind::Github => &mut sim.github_rate,
         Kind::Gitlab => &mut sim.gitlab_rate,
     };
-    rate.remaining = remaining.min(rate.limit);
+    // Raising `remaining` above the limit raises the limit (benchmarks need room).
+    rate.limit = rate.limit.max(remaining);
+    rate.remaining = remaining;
     rate.reset_at = Utc::now() + chrono::Duration::seconds(reset_in_seconds);
 }
 

@@ -508,16 +508,14 @@ fn codeload(rest: &str, ctx: &Context) -> HttpResponse {
 }
 
 fn archive_response(ctx: &Context, kind: Kind, path: &str, sha: &str) -> HttpResponse {
-    let (git_dir_archive, prefix) = {
+    let (git, prefix) = {
         let mut sim = ctx.sim.lock().expect("sim lock");
         let Ok(repo) = sim.repo(kind, path) else {
             return HttpResponse::NotFound().finish();
         };
         if let Some(bytes) = repo.archive_overrides.get(sha).cloned() {
             sim.stats(kind).archives += 1;
-            return HttpResponse::Ok()
-                .content_type("application/x-gzip")
-                .body(bytes);
+            return HttpResponse::Ok().content_type("application/x-gzip").body(bytes);
         }
         if !repo.commits.contains_key(sha) {
             return HttpResponse::NotFound().finish();
@@ -526,17 +524,15 @@ fn archive_response(ctx: &Context, kind: Kind, path: &str, sha: &str) -> HttpRes
             Kind::Github => format!("{}-{}-{}", repo.owner, repo.name, &sha[..7]),
             Kind::Gitlab => format!("{}-{sha}-{sha}", repo.name),
         };
-        let archive = repo.git.archive(sha, &prefix);
+        let git = repo.git.clone();
         sim.stats(kind).archives += 1;
-        (archive, prefix)
+        (git, prefix)
     };
-    match git_dir_archive {
+    // Outside the lock: `git archive` takes a while and other requests need not wait.
+    match git.archive(sha, &prefix) {
         Ok(bytes) => HttpResponse::Ok()
             .content_type("application/x-gzip")
-            .insert_header((
-                "Content-Disposition",
-                format!("attachment; filename={prefix}.tar.gz"),
-            ))
+            .insert_header(("Content-Disposition", format!("attachment; filename={prefix}.tar.gz")))
             .body(bytes),
         Err(err) => HttpResponse::InternalServerError().body(err.to_string()),
     }
