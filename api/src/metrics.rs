@@ -6,7 +6,7 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::{web, HttpResponse};
-use prometheus::{Encoder, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{IntCounterVec, Opts, Registry};
 
 use crate::startup::AppState;
 
@@ -50,11 +50,7 @@ impl ApiMetrics {
     }
 
     pub fn render(&self) -> String {
-        let mut buffer = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buffer)
-            .expect("text encoding cannot fail");
-        String::from_utf8(buffer).expect("prometheus text is UTF-8")
+        terrapod_shared::health::render_metrics(&self.registry)
     }
 }
 

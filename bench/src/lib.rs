@@ -179,7 +179,9 @@ pub struct Measured {
 impl Measured {
     /// Spawns a release binary of this workspace with `env`.
     pub fn spawn(binary: &str, args: &[&str], env: &[(String, String)]) -> Measured {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release").join(binary);
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/release")
+            .join(binary);
         let child = std::process::Command::new(path)
             .args(args)
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -196,12 +198,22 @@ impl Measured {
 
     /// User + system CPU seconds used so far.
     pub fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
         // Fields after the parenthesised command name; utime and stime are 14th and 15th.
-        let after = stat.rsplit_once(") ").map(|(_, rest)| rest).unwrap_or_default();
+        let after = stat
+            .rsplit_once(") ")
+            .map(|(_, rest)| rest)
+            .unwrap_or_default();
         let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks: f64 = fields.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
-            + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        let ticks: f64 = fields
+            .get(11)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            + fields
+                .get(12)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0);
         ticks / 100.0
     }
 
@@ -238,5 +250,9 @@ impl Drop for Measured {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

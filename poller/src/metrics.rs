@@ -1,8 +1,6 @@
 //! Prometheus metrics of the poller.
 
-use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
-};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
 
 #[derive(Clone)]
 pub struct PollerMetrics {
@@ -65,11 +63,7 @@ impl PollerMetrics {
     }
 
     pub fn render(&self) -> String {
-        let mut buffer = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buffer)
-            .expect("text encoding cannot fail");
-        String::from_utf8(buffer).expect("prometheus text is UTF-8")
+        terrapod_shared::health::render_metrics(&self.registry)
     }
 }
 

@@ -2,13 +2,12 @@
 
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use secrecy::ExposeSecret;
 use serde_json::json;
-use terrapod_shared::{db, queue};
+use terrapod_shared::health;
 
 use crate::poll::PollContext;
 
@@ -17,22 +16,11 @@ async fn healthz() -> HttpResponse {
 }
 
 async fn readyz(ctx: web::Data<Arc<PollContext>>) -> HttpResponse {
-    let (database, broker) = tokio::join!(
-        tokio::time::timeout(Duration::from_secs(3), db::ping(&ctx.pool)),
-        queue::check_broker(
-            ctx.settings.amqp_url.expose_secret(),
-            Duration::from_secs(3)
-        ),
-    );
-    let database_ok = database.unwrap_or(false);
-    let checks = json!({
-        "database": if database_ok { "ok" } else { "unreachable" },
-        "rabbitmq": match &broker { Ok(()) => "ok".to_owned(), Err(why) => format!("unreachable: {why}") },
-    });
-    if database_ok && broker.is_ok() {
-        HttpResponse::Ok().json(json!({"status": "ready", "checks": checks}))
+    let (ready, body) = health::readiness(&ctx.pool, ctx.settings.amqp_url.expose_secret()).await;
+    if ready {
+        HttpResponse::Ok().json(body)
     } else {
-        HttpResponse::ServiceUnavailable().json(json!({"status": "unready", "checks": checks}))
+        HttpResponse::ServiceUnavailable().json(body)
     }
 }
 

@@ -6,6 +6,7 @@ pub mod config;
 pub mod crypto;
 pub mod db;
 pub mod domain;
+pub mod health;
 pub mod ids;
 pub mod queue;
 pub mod runs;

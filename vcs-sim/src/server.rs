@@ -515,7 +515,9 @@ fn archive_response(ctx: &Context, kind: Kind, path: &str, sha: &str) -> HttpRes
         };
         if let Some(bytes) = repo.archive_overrides.get(sha).cloned() {
             sim.stats(kind).archives += 1;
-            return HttpResponse::Ok().content_type("application/x-gzip").body(bytes);
+            return HttpResponse::Ok()
+                .content_type("application/x-gzip")
+                .body(bytes);
         }
         if !repo.commits.contains_key(sha) {
             return HttpResponse::NotFound().finish();
@@ -532,7 +534,10 @@ fn archive_response(ctx: &Context, kind: Kind, path: &str, sha: &str) -> HttpRes
     match git.archive(sha, &prefix) {
         Ok(bytes) => HttpResponse::Ok()
             .content_type("application/x-gzip")
-            .insert_header(("Content-Disposition", format!("attachment; filename={prefix}.tar.gz")))
+            .insert_header((
+                "Content-Disposition",
+                format!("attachment; filename={prefix}.tar.gz"),
+            ))
             .body(bytes),
         Err(err) => HttpResponse::InternalServerError().body(err.to_string()),
     }

@@ -2,11 +2,13 @@
 
 pub mod service;
 
+use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 use terrapod_shared::domain::Provider;
 use terrapod_shared::queue::PollReason;
+use terrapod_shared::Settings;
 
 use crate::error::ApiError;
 use crate::jsonapi::read_body;
@@ -16,7 +18,7 @@ use service::Delivery;
 /// The largest webhook body accepted.
 pub const MAX_WEBHOOK_BYTES: usize = 25 * 1024 * 1024;
 
-fn message(status: actix_web::http::StatusCode, text: &str) -> HttpResponse {
+fn message(status: StatusCode, text: &str) -> HttpResponse {
     HttpResponse::build(status).json(json!({ "message": text }))
 }
 
@@ -46,62 +48,56 @@ fn counted(
         .inc();
 }
 
+/// What differs between the providers' webhooks.
+struct Hook {
+    provider: Provider,
+    secret: fn(&Settings) -> Option<&SecretString>,
+    /// Whether the request proves it knows the secret.
+    authentic: fn(&str, &[u8], &HttpRequest) -> bool,
+    authenticity_error: &'static str,
+    event_header: &'static str,
+    delivery_header: &'static str,
+    /// `Some(true)`: act on it; `Some(false)`: answer `pong`; `None`: ignore it.
+    acts_on: fn(&str) -> Option<bool>,
+    parse: fn(&[u8]) -> Result<Delivery, service::PayloadError>,
+}
+
+const GITHUB: Hook = Hook {
+    provider: Provider::GitHub,
+    secret: |settings| settings.vcs.github_webhook_secret.as_ref(),
+    authentic: |secret, body, req| {
+        service::github_signature_is_valid(secret, body, header(req, "x-hub-signature-256"))
+    },
+    authenticity_error: "missing or invalid X-Hub-Signature-256",
+    event_header: "x-github-event",
+    delivery_header: "x-github-delivery",
+    acts_on: |event| match event {
+        "push" | "pull_request" => Some(true),
+        "ping" => Some(false),
+        _ => None,
+    },
+    parse: service::parse_github,
+};
+
+const GITLAB: Hook = Hook {
+    provider: Provider::GitLab,
+    secret: |settings| settings.vcs.gitlab_webhook_secret.as_ref(),
+    authentic: |secret, _, req| {
+        service::gitlab_token_is_valid(secret, header(req, "x-gitlab-token"))
+    },
+    authenticity_error: "missing or invalid X-Gitlab-Token",
+    event_header: "x-gitlab-event",
+    delivery_header: "x-gitlab-event-uuid",
+    acts_on: |event| matches!(event, "Push Hook" | "Merge Request Hook").then_some(true),
+    parse: service::parse_gitlab,
+};
+
 pub async fn github(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let mut payload = payload.into_inner();
-    let mut label = "accepted";
-    let result = async {
-        let secret = state
-            .settings
-            .vcs
-            .github_webhook_secret
-            .as_ref()
-            .filter(|_| state.settings.vcs.enabled)
-            .ok_or_else(|| {
-                ApiError::NotFound(
-                    "GitHub webhooks are not enabled (TERRAPOD_VCS__GITHUB__WEBHOOK_SECRET)".into(),
-                )
-            })?;
-        let body = read_body(&req, &mut payload, MAX_WEBHOOK_BYTES).await?;
-        if !service::github_signature_is_valid(
-            secret.expose_secret(),
-            &body,
-            header(&req, "x-hub-signature-256"),
-        ) {
-            return Err(ApiError::BadSignature(
-                "missing or invalid X-Hub-Signature-256".into(),
-            ));
-        }
-        match header(&req, "x-github-event").unwrap_or_default() {
-            "ping" => {
-                label = "pong";
-                Ok(message(actix_web::http::StatusCode::OK, "pong"))
-            }
-            "push" | "pull_request" => {
-                let delivery = service::parse_github(&body)
-                    .map_err(|err| ApiError::BadRequest(err.to_string()))?;
-                let outcome = accept(
-                    &state,
-                    Provider::GitHub,
-                    header(&req, "x-github-delivery"),
-                    &delivery,
-                )
-                .await?;
-                label = outcome;
-                Ok(outcome_response(outcome))
-            }
-            _ => {
-                label = "ignored";
-                Ok(message(actix_web::http::StatusCode::OK, "ignored"))
-            }
-        }
-    }
-    .await;
-    counted(&state, Provider::GitHub, &result, label);
-    result
+    handle(&GITHUB, req, payload, &state).await
 }
 
 pub async fn gitlab(
@@ -109,55 +105,59 @@ pub async fn gitlab(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    handle(&GITLAB, req, payload, &state).await
+}
+
+async fn handle(
+    hook: &Hook,
+    req: HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+) -> Result<HttpResponse, ApiError> {
     let mut payload = payload.into_inner();
     let mut label = "accepted";
     let result = async {
-        let secret = state
-            .settings
-            .vcs
-            .gitlab_webhook_secret
-            .as_ref()
+        let secret = (hook.secret)(&state.settings)
             .filter(|_| state.settings.vcs.enabled)
             .ok_or_else(|| {
-                ApiError::NotFound(
-                    "GitLab webhooks are not enabled (TERRAPOD_VCS__GITLAB__WEBHOOK_SECRET)".into(),
-                )
+                ApiError::NotFound(format!("{} webhooks are not enabled", hook.provider))
             })?;
         let body = read_body(&req, &mut payload, MAX_WEBHOOK_BYTES).await?;
-        if !service::gitlab_token_is_valid(secret.expose_secret(), header(&req, "x-gitlab-token")) {
-            return Err(ApiError::BadSignature(
-                "missing or invalid X-Gitlab-Token".into(),
-            ));
+        if !(hook.authentic)(secret.expose_secret(), &body, &req) {
+            return Err(ApiError::BadSignature(hook.authenticity_error.into()));
         }
-        match header(&req, "x-gitlab-event").unwrap_or_default() {
-            "Push Hook" | "Merge Request Hook" => {
-                let delivery = service::parse_gitlab(&body)
-                    .map_err(|err| ApiError::BadRequest(err.to_string()))?;
-                let outcome = accept(
-                    &state,
-                    Provider::GitLab,
-                    header(&req, "x-gitlab-event-uuid"),
+        match (hook.acts_on)(header(&req, hook.event_header).unwrap_or_default()) {
+            Some(false) => {
+                label = "pong";
+                Ok(message(StatusCode::OK, "pong"))
+            }
+            None => {
+                label = "ignored";
+                Ok(message(StatusCode::OK, "ignored"))
+            }
+            Some(true) => {
+                let delivery =
+                    (hook.parse)(&body).map_err(|err| ApiError::BadRequest(err.to_string()))?;
+                label = accept(
+                    state,
+                    hook.provider,
+                    header(&req, hook.delivery_header),
                     &delivery,
                 )
                 .await?;
-                label = outcome;
-                Ok(outcome_response(outcome))
-            }
-            _ => {
-                label = "ignored";
-                Ok(message(actix_web::http::StatusCode::OK, "ignored"))
+                Ok(outcome_response(label))
             }
         }
     }
     .await;
-    counted(&state, Provider::GitLab, &result, label);
+    counted(state, hook.provider, &result, label);
     result
 }
 
 fn outcome_response(outcome: &str) -> HttpResponse {
     match outcome {
-        "duplicate" => message(actix_web::http::StatusCode::OK, "duplicate"),
-        _ => message(actix_web::http::StatusCode::ACCEPTED, "accepted"),
+        "duplicate" => message(StatusCode::OK, "duplicate"),
+        _ => message(StatusCode::ACCEPTED, "accepted"),
     }
 }
 

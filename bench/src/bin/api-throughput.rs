@@ -35,13 +35,18 @@ fn wrk(url: &str, token: &str, seconds: u64) -> (f64, String) {
 
 #[tokio::main]
 async fn main() {
-    let seconds: u64 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(15);
+    let seconds: u64 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(15);
     let db = TestDatabase::new().await;
     let vhost = TestVhost::new();
     let pool = db::pool(db.url(), "bench", 4).unwrap();
     let mut conn = pool.get().await.unwrap();
     let token = tokens::generate();
-    tokens::store(&mut conn, &token, Role::Member, "bench").await.unwrap();
+    tokens::store(&mut conn, &token, Role::Member, "bench")
+        .await
+        .unwrap();
     let workspace = terrapod_shared::ids::WorkspaceId::generate();
     diesel_async::SimpleAsyncConnection::batch_execute(
         &mut *conn,
@@ -75,7 +80,10 @@ async fn main() {
     let env = vec![
         ("TERRAPOD_DATABASE__URL".to_owned(), db.url().to_owned()),
         ("TERRAPOD_AMQP__URL".to_owned(), vhost.url()),
-        ("TERRAPOD_API__LISTEN".to_owned(), format!("127.0.0.1:{port}")),
+        (
+            "TERRAPOD_API__LISTEN".to_owned(),
+            format!("127.0.0.1:{port}"),
+        ),
     ];
     let api = Measured::spawn("terrapod-api", &["serve"], &env);
     let base = format!("http://127.0.0.1:{port}/api/v2");
@@ -87,17 +95,29 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let token = token.expose_secret().to_owned();
-    println!("## API throughput: wrk, 2 threads, 64 connections, {seconds} s per route, release build");
+    println!(
+        "## API throughput: wrk, 2 threads, 64 connections, {seconds} s per route, release build"
+    );
     println!();
     println!("| route | requests/s | p99 latency |");
     println!("|---|---|---|");
     for (label, url) in [
-        ("GET /workspaces/{id}/runs (20 of 1,000)", format!("{base}/workspaces/{workspace}/runs")),
-        ("GET /workspaces/{id}", format!("{base}/workspaces/{workspace}")),
+        (
+            "GET /workspaces/{id}/runs (20 of 1,000)",
+            format!("{base}/workspaces/{workspace}/runs"),
+        ),
+        (
+            "GET /workspaces/{id}",
+            format!("{base}/workspaces/{workspace}"),
+        ),
     ] {
         let (rps, p99) = wrk(&url, &token, seconds);
         println!("| {label} | {rps:.0} | {p99} |");
     }
     println!();
-    println!("API peak RSS: {:.0} MiB, CPU {:.1} s", api.peak_rss_mib(), api.cpu_seconds());
+    println!(
+        "API peak RSS: {:.0} MiB, CPU {:.1} s",
+        api.peak_rss_mib(),
+        api.cpu_seconds()
+    );
 }

@@ -16,7 +16,9 @@ use terrapod_shared::db::models::{NewVcsConnection, NewWorkspace};
 use terrapod_shared::db::schema::{runs, vcs_connections, workspaces};
 use terrapod_shared::domain::{ConnectionStatus, ExecutionMode, Provider};
 use terrapod_shared::ids::{VcsConnectionId, WorkspaceId};
-use terrapod_test_support::{TestDatabase, TestVhost, GITHUB_APP_TEST_KEY, GITHUB_APP_TEST_PUBLIC_KEY};
+use terrapod_test_support::{
+    TestDatabase, TestVhost, GITHUB_APP_TEST_KEY, GITHUB_APP_TEST_PUBLIC_KEY,
+};
 use terrapod_vcs_sim::{Kind, Simulator};
 
 fn arg(name: &str, default: usize) -> usize {
@@ -35,7 +37,11 @@ async fn count(db: &TestDatabase, query: &str) -> i64 {
         n: i64,
     }
     let mut conn = db.connection().await;
-    diesel::sql_query(query).get_result::<Count>(&mut conn).await.unwrap().n
+    diesel::sql_query(query)
+        .get_result::<Count>(&mut conn)
+        .await
+        .unwrap()
+        .n
 }
 
 async fn run_count(db: &TestDatabase) -> i64 {
@@ -43,7 +49,11 @@ async fn run_count(db: &TestDatabase) -> i64 {
     runs::table.count().get_result(&mut conn).await.unwrap()
 }
 
-async fn wait_until(what: &str, timeout: Duration, mut done: impl AsyncFnMut() -> bool) -> Duration {
+async fn wait_until(
+    what: &str,
+    timeout: Duration,
+    mut done: impl AsyncFnMut() -> bool,
+) -> Duration {
     let started = Instant::now();
     while !done().await {
         assert!(started.elapsed() < timeout, "timed out: {what}");
@@ -67,7 +77,11 @@ async fn main() {
 
     let setup = Instant::now();
     for r in 0..repos {
-        sim.create_repo(Kind::Github, &format!("bench/repo-{r}"), &[("main.tf", &format!("# repo {r}\n"))]);
+        sim.create_repo(
+            Kind::Github,
+            &format!("bench/repo-{r}"),
+            &[("main.tf", &format!("# repo {r}\n"))],
+        );
     }
     let key = KeyRing::generate_key();
     let connection = VcsConnectionId::generate();
@@ -119,25 +133,43 @@ async fn main() {
                     working_directory: "",
                 })
                 .collect();
-            diesel::insert_into(workspaces::table).values(values).execute(&mut conn).await.unwrap();
+            diesel::insert_into(workspaces::table)
+                .values(values)
+                .execute(&mut conn)
+                .await
+                .unwrap();
         }
     }
-    eprintln!("setup: {repos} repositories, {total} workspaces in {:.1}s", setup.elapsed().as_secs_f64());
+    eprintln!(
+        "setup: {repos} repositories, {total} workspaces in {:.1}s",
+        setup.elapsed().as_secs_f64()
+    );
 
     let env = |port: u16| -> Vec<(String, String)> {
         vec![
             ("TERRAPOD_DATABASE__URL".into(), db.url().to_owned()),
             ("TERRAPOD_AMQP__URL".into(), vhost.url()),
             ("TERRAPOD_ENCRYPTION__KEY".into(), key.clone()),
-            ("TERRAPOD_VCS__POLL_INTERVAL_SECONDS".into(), interval.to_string()),
-            ("TERRAPOD_POLLER__LISTEN".into(), format!("127.0.0.1:{port}")),
+            (
+                "TERRAPOD_VCS__POLL_INTERVAL_SECONDS".into(),
+                interval.to_string(),
+            ),
+            (
+                "TERRAPOD_POLLER__LISTEN".into(),
+                format!("127.0.0.1:{port}"),
+            ),
         ]
     };
 
     // 1. The first pass creates a run per workspace; the next interval is idle.
     let mut poller = Measured::spawn("terrapod-poller", &["run"], &env(free_port()));
     let first_pass = wait_until("the first pass", Duration::from_secs(1200), async || {
-        count(&db, "SELECT count(*) AS n FROM workspaces WHERE vcs_last_polled_at IS NOT NULL").await == total
+        count(
+            &db,
+            "SELECT count(*) AS n FROM workspaces WHERE vcs_last_polled_at IS NOT NULL",
+        )
+        .await
+            == total
     })
     .await;
     let (cpu_first, stats_first) = (poller.cpu_seconds(), sim.stats(Kind::Github));
@@ -180,7 +212,10 @@ async fn main() {
         rss_idle,
     );
     println!();
-    println!("runs after the first pass: {runs_after_first}; tokens minted: {}", stats_idle.tokens_minted);
+    println!(
+        "runs after the first pass: {runs_after_first}; tokens minted: {}",
+        stats_idle.tokens_minted
+    );
     println!();
 
     // 2. Bursts: a new commit on every repository, then N fresh replicas find all due.
@@ -190,8 +225,14 @@ async fn main() {
     println!("|---|---|---|---|---|");
     for replicas in [1usize, 2, 4] {
         for r in 0..repos {
-            sim.commit(Kind::Github, &format!("bench/repo-{r}"), "main", &format!("burst {replicas}"), &[("burst.tf", &replicas.to_string())])
-                .await;
+            sim.commit(
+                Kind::Github,
+                &format!("bench/repo-{r}"),
+                "main",
+                &format!("burst {replicas}"),
+                &[("burst.tf", &replicas.to_string())],
+            )
+            .await;
         }
         {
             let mut conn = db.connection().await;
@@ -205,9 +246,15 @@ async fn main() {
         let mut pollers: Vec<Measured> = (0..replicas)
             .map(|_| Measured::spawn("terrapod-poller", &["run"], &env(free_port())))
             .collect();
-        let elapsed = wait_until("the burst", Duration::from_secs(1200), async || run_count(&db).await >= target).await;
+        let elapsed = wait_until("the burst", Duration::from_secs(1200), async || {
+            run_count(&db).await >= target
+        })
+        .await;
         let cpu: f64 = pollers.iter().map(Measured::cpu_seconds).sum();
-        let rss = pollers.iter().map(Measured::peak_rss_mib).fold(0.0, f64::max);
+        let rss = pollers
+            .iter()
+            .map(Measured::peak_rss_mib)
+            .fold(0.0, f64::max);
         for poller in &mut pollers {
             poller.terminate();
         }
