@@ -1,7 +1,10 @@
 //! Bearer-token authentication and the two roles.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use actix_web::dev::Payload;
 use actix_web::http::header;
@@ -11,6 +14,47 @@ use terrapod_shared::tokens;
 
 use crate::error::ApiError;
 use crate::startup::AppState;
+
+/// Recently verified tokens (by digest, never in clear), so a busy client costs no
+/// token query per request. Tokens are only ever added or re-roled (there is no
+/// revocation endpoint); a role change is seen within [`TOKEN_CACHE_TTL`].
+pub struct TokenCache {
+    entries: Mutex<HashMap<Vec<u8>, (Role, Instant)>>,
+}
+
+pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(60);
+/// Past this many entries the cache starts over instead of growing.
+const TOKEN_CACHE_MAX: usize = 10_000;
+
+impl TokenCache {
+    pub fn new() -> Self {
+        TokenCache {
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn get(&self, digest: &[u8]) -> Option<Role> {
+        let entries = self.entries.lock().expect("token cache lock");
+        entries
+            .get(digest)
+            .filter(|(_, at)| at.elapsed() < TOKEN_CACHE_TTL)
+            .map(|(role, _)| *role)
+    }
+
+    fn insert(&self, digest: Vec<u8>, role: Role) {
+        let mut entries = self.entries.lock().expect("token cache lock");
+        if entries.len() >= TOKEN_CACHE_MAX {
+            entries.clear();
+        }
+        entries.insert(digest, (role, Instant::now()));
+    }
+}
+
+impl Default for TokenCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 /// The authenticated caller of a request.
 #[derive(Debug, Clone, Copy)]
@@ -48,11 +92,17 @@ impl FromRequest for Caller {
             let token = token.ok_or(ApiError::Unauthorized)?;
             let state =
                 state.ok_or_else(|| ApiError::Unavailable("application state missing".into()))?;
+            let digest = tokens::digest_of(&token);
+            if let Some(role) = state.token_cache.get(&digest) {
+                return Ok(Caller { role });
+            }
             let mut conn = state.pool.get().await?;
             let found = tokens::authenticate(&mut conn, &token).await?;
-            found
+            let caller = found
                 .map(|row| Caller { role: row.role })
-                .ok_or(ApiError::Unauthorized)
+                .ok_or(ApiError::Unauthorized)?;
+            state.token_cache.insert(digest, caller.role);
+            Ok(caller)
         })
     }
 }

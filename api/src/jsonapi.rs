@@ -10,7 +10,7 @@ use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
@@ -218,20 +218,57 @@ pub fn relationship(kind: &str, id: Option<&str>) -> Value {
     }
 }
 
-pub fn document(status: actix_web::http::StatusCode, data: Value) -> HttpResponse {
-    HttpResponse::build(status)
-        .content_type(CONTENT_TYPE)
-        .json(json!({ "data": data }))
+#[derive(Serialize)]
+struct DataDocument<T> {
+    data: T,
 }
 
-pub fn ok(data: Value) -> HttpResponse {
+#[derive(Serialize)]
+struct ListDocument<T> {
+    data: Vec<T>,
+    meta: Value,
+}
+
+/// A single-resource document; views may be `serde_json::Value`s or typed structs
+/// (typed ones serialise without building a tree first, for hot routes).
+pub fn document<T: Serialize>(status: actix_web::http::StatusCode, data: T) -> HttpResponse {
+    HttpResponse::build(status)
+        .content_type(CONTENT_TYPE)
+        .json(DataDocument { data })
+}
+
+pub fn ok<T: Serialize>(data: T) -> HttpResponse {
     document(actix_web::http::StatusCode::OK, data)
 }
 
-pub fn list(data: Vec<Value>, page: Page, total_count: i64) -> HttpResponse {
+pub fn list<T: Serialize>(data: Vec<T>, page: Page, total_count: i64) -> HttpResponse {
     HttpResponse::Ok()
         .content_type(CONTENT_TYPE)
-        .json(json!({ "data": data, "meta": page.meta(total_count) }))
+        .json(ListDocument {
+            data,
+            meta: page.meta(total_count),
+        })
+}
+
+/// `{"data": {"id": …, "type": …}}`
+#[derive(Serialize)]
+pub struct Related<'a> {
+    pub data: Identifier<'a>,
+}
+
+#[derive(Serialize)]
+pub struct Identifier<'a> {
+    pub id: &'a str,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+}
+
+impl<'a> Related<'a> {
+    pub fn to(kind: &'static str, id: &'a str) -> Self {
+        Related {
+            data: Identifier { id, kind },
+        }
+    }
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ pub struct AppState {
     pub metrics: ApiMetrics,
     /// Connects lazily and reconnects after a failure, so CRUD never waits for the broker.
     pub publisher: Publisher,
+    pub token_cache: crate::auth::TokenCache,
 }
 
 pub struct Application {
@@ -37,6 +38,7 @@ impl Application {
             publisher: Publisher::new(settings.amqp_url.expose_secret(), "terrapod-api"),
             settings: Arc::new(settings),
             metrics: ApiMetrics::new(),
+            token_cache: crate::auth::TokenCache::new(),
         });
         let server = HttpServer::new(move || {
             App::new()

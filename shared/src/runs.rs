@@ -256,6 +256,11 @@ async fn record(conn: &mut AsyncPgConnection, new: &NewVcsRun<'_>) -> Result<Run
         .execute(conn)
         .await?;
 
+    diesel::update(workspaces::table.filter(workspaces::id.eq(new.workspace_id)))
+        .set(workspaces::run_count.eq(workspaces::run_count + 1))
+        .execute(conn)
+        .await?;
+
     if let Some(number) = pull_request_number {
         // A new head supersedes the PR's older plans that have not started.
         diesel::update(runs::table)

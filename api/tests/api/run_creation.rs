@@ -53,6 +53,12 @@ async fn twenty_concurrent_recorders_create_one_push_run_and_advance_the_sha_onc
         .unwrap();
     assert_eq!(versions, 1, "losers leave no orphan configuration version");
     assert_eq!(last_sha(&app).await.as_deref(), Some(commit.as_str()));
+    let run_count: i64 = workspaces::table
+        .select(workspaces::run_count)
+        .first(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(run_count, 1, "the kept count matches the runs");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

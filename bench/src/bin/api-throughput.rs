@@ -75,6 +75,14 @@ async fn main() {
         .await
         .unwrap();
     }
+    // A steady-state table has been vacuumed (autovacuum); a freshly bulk-loaded one
+    // has not, and would make every index-only count visit the heap.
+    diesel_async::SimpleAsyncConnection::batch_execute(
+        &mut *conn,
+        "VACUUM ANALYZE runs, workspaces, api_tokens",
+    )
+    .await
+    .unwrap();
     drop(conn);
     let port = free_port();
     let env = vec![

@@ -54,6 +54,7 @@ diesel::table! {
         updated_at -> Timestamptz,
         vcs_last_attempt_at -> Nullable<Timestamptz>,
         vcs_repo_path -> Text,
+        run_count -> Int8,
     }
 }
 

@@ -4,13 +4,12 @@
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use terrapod_shared::db::models::Run;
-use terrapod_shared::db::schema::runs;
+use terrapod_shared::db::schema::{runs, workspaces};
 use terrapod_shared::domain::RunStatus;
-use terrapod_shared::ids::RunId;
+use terrapod_shared::ids::{RunId, WorkspaceId};
 
 use crate::error::ApiError;
 use crate::jsonapi::Page;
-use crate::resources::workspaces;
 
 pub async fn find(conn: &mut AsyncPgConnection, id: &str) -> Result<Run, ApiError> {
     let not_found = || ApiError::not_found("run", id);
@@ -24,27 +23,38 @@ pub async fn find(conn: &mut AsyncPgConnection, id: &str) -> Result<Run, ApiErro
         .ok_or_else(not_found)
 }
 
-/// A workspace's runs, newest first.
+/// A workspace's runs, newest first, with the workspace's run count — one round
+/// trip on the hot path (the count is kept on the workspace, not counted). The
+/// workspace is looked up on its own only when the page is empty.
 pub async fn list_for_workspace(
     conn: &mut AsyncPgConnection,
     workspace_id: &str,
     page: Page,
 ) -> Result<(Vec<Run>, i64), ApiError> {
-    let workspace = workspaces::service::find(conn, workspace_id).await?;
-    let total: i64 = runs::table
-        .filter(runs::workspace_id.eq(&workspace.id))
-        .count()
-        .get_result(conn)
-        .await?;
-    let rows = runs::table
-        .filter(runs::workspace_id.eq(&workspace.id))
+    let id = WorkspaceId::parse(workspace_id)
+        .map_err(|_| ApiError::not_found("workspace", workspace_id))?;
+    let rows: Vec<(Run, i64)> = runs::table
+        .inner_join(workspaces::table)
+        .filter(runs::workspace_id.eq(&id))
         .order((runs::created_at.desc(), runs::id.desc()))
         .limit(page.size)
         .offset(page.offset())
-        .select(Run::as_select())
+        .select((Run::as_select(), workspaces::run_count))
         .load(conn)
         .await?;
-    Ok((rows, total))
+    match rows.as_slice().first() {
+        Some(&(_, total)) => Ok((rows.into_iter().map(|(run, _)| run).collect(), total)),
+        None => {
+            let total = workspaces::table
+                .find(&id)
+                .select(workspaces::run_count)
+                .first(conn)
+                .await
+                .optional()?
+                .ok_or_else(|| ApiError::not_found("workspace", workspace_id))?;
+            Ok((Vec::new(), total))
+        }
+    }
 }
 
 /// Moves the run from `from` to `to` atomically; `None` if it was not in `from`.

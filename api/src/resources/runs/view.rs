@@ -1,28 +1,75 @@
-use serde_json::{json, Value};
+//! Runs are the hottest list, so their view is typed: it serialises straight to the
+//! response body.
+
+use serde::Serialize;
 use terrapod_shared::db::models::Run;
+use terrapod_shared::domain::{RunStatus, TriggerReason};
 
-use crate::jsonapi::{relationship, timestamp};
+use crate::jsonapi::{timestamp, Related};
 
-pub fn render(run: &Run) -> Value {
-    json!({
-        "id": run.id,
-        "type": "runs",
-        "attributes": {
-            "status": run.status,
-            "source": run.source,
-            "plan-only": run.plan_only,
-            "auto-apply": run.auto_apply,
-            "message": run.message,
-            "trigger-reason": run.trigger_reason,
-            "vcs-commit-sha": run.vcs_commit_sha,
-            "vcs-branch": run.vcs_branch,
-            "vcs-pull-request-number": run.vcs_pull_request_number,
-            "created-at": timestamp(run.created_at),
+#[derive(Serialize)]
+pub struct RunResource<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    attributes: RunAttributes<'a>,
+    relationships: RunRelationships<'a>,
+    links: Links,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct RunAttributes<'a> {
+    status: RunStatus,
+    source: &'a str,
+    plan_only: bool,
+    auto_apply: bool,
+    message: &'a str,
+    trigger_reason: TriggerReason,
+    vcs_commit_sha: &'a str,
+    vcs_branch: &'a str,
+    vcs_pull_request_number: Option<i64>,
+    created_at: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct RunRelationships<'a> {
+    workspace: Related<'a>,
+    configuration_version: Related<'a>,
+}
+
+#[derive(Serialize)]
+struct Links {
+    #[serde(rename = "self")]
+    own: String,
+}
+
+pub fn render(run: &Run) -> RunResource<'_> {
+    RunResource {
+        id: run.id.as_str(),
+        kind: "runs",
+        attributes: RunAttributes {
+            status: run.status,
+            source: &run.source,
+            plan_only: run.plan_only,
+            auto_apply: run.auto_apply,
+            message: &run.message,
+            trigger_reason: run.trigger_reason,
+            vcs_commit_sha: &run.vcs_commit_sha,
+            vcs_branch: &run.vcs_branch,
+            vcs_pull_request_number: run.vcs_pull_request_number,
+            created_at: timestamp(run.created_at),
         },
-        "relationships": {
-            "workspace": relationship("workspaces", Some(run.workspace_id.as_str())),
-            "configuration-version": relationship("configuration-versions", Some(run.configuration_version_id.as_str())),
+        relationships: RunRelationships {
+            workspace: Related::to("workspaces", run.workspace_id.as_str()),
+            configuration_version: Related::to(
+                "configuration-versions",
+                run.configuration_version_id.as_str(),
+            ),
         },
-        "links": { "self": format!("/api/v2/runs/{}", run.id) },
-    })
+        links: Links {
+            own: format!("/api/v2/runs/{}", run.id),
+        },
+    }
 }
