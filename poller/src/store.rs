@@ -46,7 +46,8 @@ pub async fn unlock(conn: &mut AsyncPgConnection, workspace: &WorkspaceId) -> Qu
 }
 
 /// Claims up to `limit` linked workspaces with no poll attempt within `interval`,
-/// marking the attempt now. `SKIP LOCKED` lets replicas claim side by side without
+/// marking the attempt now (`vcs_last_attempt_at` is the same for a whole batch, so
+/// the batch stays grouped by repository next interval too). `SKIP LOCKED` lets replicas claim side by side without
 /// waiting for, or taking, each other's rows.
 pub async fn claim_due(
     conn: &mut AsyncPgConnection,
@@ -59,7 +60,9 @@ pub async fn claim_due(
              SELECT id FROM workspaces
              WHERE vcs_repo_url <> ''
                AND (vcs_last_attempt_at IS NULL OR vcs_last_attempt_at <= now() - make_interval(secs => $1))
-             ORDER BY vcs_last_attempt_at NULLS FIRST
+             -- Oldest first; a repository's workspaces together, so one replica's cycle
+             -- cache serves them all instead of each replica fetching the same archive.
+             ORDER BY vcs_last_attempt_at NULLS FIRST, vcs_connection_id, vcs_repo_path
              LIMIT $2
              FOR UPDATE SKIP LOCKED)
          RETURNING id",

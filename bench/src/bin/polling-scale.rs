@@ -221,8 +221,8 @@ async fn main() {
     // 2. Bursts: a new commit on every repository, then N fresh replicas find all due.
     println!("## Burst: a new commit on all {repos} repositories → {total} runs");
     println!();
-    println!("| replicas | time to all runs | runs/s | pollers' CPU | peak RSS per poller |");
-    println!("|---|---|---|---|---|");
+    println!("| replicas | time to all runs | runs/s | archives downloaded | counted requests | pollers' CPU | peak RSS per poller |");
+    println!("|---|---|---|---|---|---|---|");
     for replicas in [1usize, 2, 4] {
         for r in 0..repos {
             sim.commit(
@@ -243,6 +243,7 @@ async fn main() {
                 .unwrap();
         }
         let target = run_count(&db).await + total;
+        let before = sim.stats(Kind::Github);
         let mut pollers: Vec<Measured> = (0..replicas)
             .map(|_| Measured::spawn("terrapod-poller", &["run"], &env(free_port())))
             .collect();
@@ -258,10 +259,13 @@ async fn main() {
         for poller in &mut pollers {
             poller.terminate();
         }
+        let after = sim.stats(Kind::Github);
         println!(
-            "| {replicas} | {:.1} s | {:.0} | {:.1} s | {:.0} MiB |",
+            "| {replicas} | {:.1} s | {:.0} | {} | {} | {:.1} s | {:.0} MiB |",
             elapsed.as_secs_f64(),
             total as f64 / elapsed.as_secs_f64(),
+            after.archives - before.archives,
+            after.counted - before.counted,
             cpu,
             rss
         );
