@@ -143,6 +143,31 @@ async fn github_world(app: &TestApp, sim: &Simulator, installation: i64) -> (Str
     )
 }
 
+/// A GitLab connection to the simulator and one workspace linked through it to `url`.
+async fn gitlab_workspace(app: &TestApp, sim: &Simulator, token: &str, url: &str) -> String {
+    let connection: Value = app
+        .post(
+            "/api/v2/organizations/default/vcs-connections",
+            &json!({"data": {"type": "vcs-connections", "attributes": {"name": "gl", "provider": "gitlab", "server-url": sim.url(), "token": token}}}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let response = app
+        .post(
+            "/api/v2/organizations/default/workspaces",
+            &json!({"data": {"type": "workspaces", "attributes": {"name": "gitlab-linked", "vcs-repo-url": url},
+                "relationships": {"vcs-connection": {"data": {"id": connection["data"]["id"], "type": "vcs-connections"}}}}}),
+        )
+        .await;
+    assert_eq!(response.status(), 201);
+    response.json::<Value>().await.unwrap()["data"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 async fn wait_for_run(app: &TestApp, workspace: &str, sha: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
@@ -413,26 +438,13 @@ async fn gitlab_push_and_merge_request_hooks_make_runs() {
     sim.add_gitlab_token("glpat-hooks", None);
     let first = sim.create_repo(Kind::Gitlab, "platform/net/core", &[("main.tf", "")]);
     let _poller = start_poller(&app, &app.vhost.url(), "3600").await;
-    let connection: Value = app
-        .post(
-            "/api/v2/organizations/default/vcs-connections",
-            &json!({"data": {"type": "vcs-connections", "attributes": {"name": "gl", "provider": "gitlab", "server-url": sim.url(), "token": "glpat-hooks"}}}),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    let workspace: Value = app
-        .post(
-            "/api/v2/organizations/default/workspaces",
-            &json!({"data": {"type": "workspaces", "attributes": {"name": "core", "vcs-repo-url": "git@gitlab.com:platform/net/core.git"},
-                "relationships": {"vcs-connection": {"data": {"id": connection["data"]["id"], "type": "vcs-connections"}}}}}),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    let workspace = workspace["data"]["id"].as_str().unwrap().to_owned();
+    let workspace = gitlab_workspace(
+        &app,
+        &sim,
+        "glpat-hooks",
+        "git@gitlab.com:platform/net/core.git",
+    )
+    .await;
     wait_for_run(&app, &workspace, &first).await;
     sim.add_webhook(
         Kind::Gitlab,
@@ -492,21 +504,7 @@ async fn gitlab_duplicates_and_edits_without_commits_queue_nothing() {
     let sim = Simulator::start().await.unwrap();
     sim.add_gitlab_token("t", None);
     sim.create_repo(Kind::Gitlab, "g/p", &[("main.tf", "")]);
-    let connection: Value = app
-        .post(
-            "/api/v2/organizations/default/vcs-connections",
-            &json!({"data": {"type": "vcs-connections", "attributes": {"name": "gl", "provider": "gitlab", "server-url": sim.url(), "token": "t"}}}),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    app.post(
-        "/api/v2/organizations/default/workspaces",
-        &json!({"data": {"type": "workspaces", "attributes": {"name": "p", "vcs-repo-url": "https://gitlab.com/g/p"},
-            "relationships": {"vcs-connection": {"data": {"id": connection["data"]["id"], "type": "vcs-connections"}}}}}),
-    )
-    .await;
+    gitlab_workspace(&app, &sim, "t", "https://gitlab.com/g/p").await;
     drain_poll_messages(&app).await;
     let edit = gitlab_hook(&app, "Merge Request Hook", GITLAB_SECRET, "u-edit", &body).await;
     assert_eq!(json_message(edit, 202).await, "accepted");

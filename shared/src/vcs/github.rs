@@ -18,8 +18,8 @@ use tokio::time::Instant;
 
 use super::http::{status_error, JsonResponse};
 use super::{
-    archive, encode_ref_path, first_line, parse_body, parse_sha, repack_blocking, ArchiveLimits,
-    BranchHead, PullRequest, Repacked, RepoUrl, VcsError, VcsProvider, VcsShared,
+    archive_download, encode_ref_path, first_line, parse_body, parse_sha, repack_blocking,
+    ArchiveLimits, BranchHead, PullRequest, Repacked, RepoUrl, VcsError, VcsProvider, VcsShared,
 };
 use crate::domain::{CommitSha, Provider};
 
@@ -386,23 +386,12 @@ impl VcsProvider for GitHubClient {
                         .timeout(Duration::from_secs(300))
                 })
                 .await?;
-            match response.status().as_u16() {
-                200 => {
-                    break archive::read_limited(PROVIDER, response, limits.max_archive_bytes)
-                        .await?
-                }
-                401 if !retried => {
-                    self.drop_token(&token).await;
-                    retried = true;
-                }
-                404 => {
-                    return Err(VcsError::NotFound {
-                        provider: PROVIDER,
-                        what: format!("commit {sha} of {}", repo.full_path()),
-                    })
-                }
-                _ => return Err(status_error(PROVIDER, response, None).await),
+            if response.status().as_u16() == 401 && !retried {
+                self.drop_token(&token).await;
+                retried = true;
+                continue;
             }
+            break archive_download(PROVIDER, response, repo, sha, limits).await?;
         };
         repack_blocking(compressed, limits).await
     }

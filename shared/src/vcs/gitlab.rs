@@ -8,10 +8,10 @@ use reqwest::RequestBuilder;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use super::http::{status_error, JsonResponse};
+use super::http::JsonResponse;
 use super::{
-    archive, encode, first_line, parse_body, parse_sha, repack_blocking, ArchiveLimits, BranchHead,
-    PullRequest, Repacked, RepoUrl, VcsError, VcsProvider, VcsShared,
+    archive_download, encode, first_line, parse_body, parse_sha, repack_blocking, ArchiveLimits,
+    BranchHead, PullRequest, Repacked, RepoUrl, VcsError, VcsProvider, VcsShared,
 };
 use crate::domain::{CommitSha, Provider};
 
@@ -186,16 +186,7 @@ impl VcsProvider for GitLabClient {
                     .timeout(Duration::from_secs(300))
             })
             .await?;
-        let compressed = match response.status().as_u16() {
-            200 => archive::read_limited(PROVIDER, response, limits.max_archive_bytes).await?,
-            404 => {
-                return Err(VcsError::NotFound {
-                    provider: PROVIDER,
-                    what: format!("commit {sha} of {}", repo.full_path()),
-                })
-            }
-            _ => return Err(status_error(PROVIDER, response, None).await),
-        };
+        let compressed = archive_download(PROVIDER, response, repo, sha, limits).await?;
         repack_blocking(compressed, limits).await
     }
 

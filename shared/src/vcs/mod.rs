@@ -205,6 +205,25 @@ pub(crate) fn encode_ref_path(value: &str) -> String {
     value.split('/').map(encode).collect::<Vec<_>>().join("/")
 }
 
+/// The compressed archive of a download response, within the size limit; 404 means
+/// the commit is unknown to the provider.
+pub(crate) async fn archive_download(
+    provider: Provider,
+    response: reqwest::Response,
+    repo: &RepoUrl,
+    sha: &CommitSha,
+    limits: ArchiveLimits,
+) -> Result<Vec<u8>, VcsError> {
+    match response.status().as_u16() {
+        200 => archive::read_limited(provider, response, limits.max_archive_bytes).await,
+        404 => Err(VcsError::NotFound {
+            provider,
+            what: format!("commit {sha} of {}", repo.full_path()),
+        }),
+        _ => Err(http::status_error(provider, response, None).await),
+    }
+}
+
 /// Repacks off the async workers: decompression is CPU-bound.
 pub(crate) async fn repack_blocking(
     compressed: Vec<u8>,
