@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 use terrapod_shared::crypto::KeyRing;
 use terrapod_shared::db::models::{VcsConnection, Workspace};
 use terrapod_shared::db::{DbPool, PoolError};
-use terrapod_shared::domain::{BranchName, CommitSha, ConnectionStatus, WorkingDirectory};
+use terrapod_shared::domain::{
+    BranchName, CommitSha, ConnectionStatus, Provider, TriggerReason, WorkingDirectory,
+};
 use terrapod_shared::ids::WorkspaceId;
 use terrapod_shared::runs::{create_vcs_run, NewVcsRun, RunCreation, VcsTrigger};
 use terrapod_shared::vcs::{
@@ -184,7 +186,10 @@ struct Target<'a> {
     cache: &'a CycleCache,
     client: Arc<ProviderClient>,
     connection: String,
+    provider: Provider,
     repo: RepoUrl,
+    /// The workspace's directory inside the repository.
+    directory: WorkingDirectory,
     limits: ArchiveLimits,
 }
 
@@ -272,6 +277,43 @@ async fn client_for(
         .await
 }
 
+/// Records one run through the shared transaction; 1 when it is new (counted and
+/// logged), 0 when it already existed or the branch moved on. Plan-only runs never
+/// auto-apply, whatever the workspace says (`create_vcs_run` enforces it).
+async fn record(
+    ctx: &PollContext,
+    conn: &mut diesel_async::AsyncPgConnection,
+    workspace: &Workspace,
+    target: &Target<'_>,
+    commit_sha: &CommitSha,
+    trigger: VcsTrigger,
+    repacked: &Repacked,
+) -> Result<usize, Stop> {
+    let reason = match &trigger {
+        VcsTrigger::Push { .. } => TriggerReason::Push,
+        VcsTrigger::PullRequest { .. } => TriggerReason::PullRequest,
+    };
+    let new = NewVcsRun {
+        workspace_id: &workspace.id,
+        commit_sha,
+        trigger,
+        working_directory: &target.directory,
+        auto_apply: workspace.auto_apply,
+        snapshot: &repacked.snapshot,
+    };
+    match create_vcs_run(conn, new).await? {
+        RunCreation::Created { run_id, .. } => {
+            ctx.metrics
+                .runs_created
+                .with_label_values(&[target.provider.as_str(), reason.as_str()])
+                .inc();
+            tracing::info!(run.id = %run_id, commit = %commit_sha, trigger = %reason, "run created");
+            Ok(1)
+        }
+        RunCreation::AlreadyExists | RunCreation::HeadMoved => Ok(0),
+    }
+}
+
 /// Returns how many runs were created. A problem with one PR is pushed onto `errors`
 /// and the others are still planned; a problem reaching the repository stops the poll.
 async fn check_workspace(
@@ -296,20 +338,20 @@ async fn check_workspace(
         cache,
         client,
         connection: connection.id.to_string(),
+        provider: connection.provider,
         repo,
+        directory: WorkingDirectory::parse(&workspace.working_directory).unwrap_or_default(),
         limits: ArchiveLimits {
             max_archive_bytes: ctx.settings.vcs.max_archive_bytes,
             max_unpacked_bytes: ctx.settings.vcs.max_unpacked_bytes,
         },
     };
-    let directory = WorkingDirectory::parse(&workspace.working_directory).unwrap_or_default();
     let branch = if workspace.vcs_branch.is_empty() {
         target.default_branch().await.map_err(vcs_stop)?
     } else {
         workspace.vcs_branch.clone()
     };
     let branch_name = BranchName::parse(&branch).map_err(|err| Stop::Vcs(err.to_string()))?;
-    let provider = connection.provider.as_str();
     let mut created = 0;
 
     let head = target.head(&branch).await.map_err(vcs_stop)?;
@@ -318,30 +360,13 @@ async fn check_workspace(
             // The SHA is not advanced: the next poll downloads again; nothing is lost.
             Err(err) => errors.push(err.to_string()),
             Ok(repacked) => {
-                let outcome = create_vcs_run(
-                    conn,
-                    NewVcsRun {
-                        workspace_id: &workspace.id,
-                        commit_sha: &head.sha,
-                        trigger: VcsTrigger::Push {
-                            branch: branch_name.clone(),
-                            commit_title: head.title.clone(),
-                            previous_sha: workspace.vcs_last_commit_sha.clone(),
-                        },
-                        working_directory: &directory,
-                        auto_apply: workspace.auto_apply,
-                        snapshot: &repacked.snapshot,
-                    },
-                )
-                .await?;
-                if let RunCreation::Created { run_id, .. } = outcome {
-                    created += 1;
-                    ctx.metrics
-                        .runs_created
-                        .with_label_values(&[provider, "push"])
-                        .inc();
-                    tracing::info!(run.id = %run_id, commit = %head.sha, "push run created");
-                }
+                let trigger = VcsTrigger::Push {
+                    branch: branch_name.clone(),
+                    commit_title: head.title.clone(),
+                    previous_sha: workspace.vcs_last_commit_sha.clone(),
+                };
+                created +=
+                    record(ctx, conn, workspace, &target, &head.sha, trigger, &repacked).await?;
             }
         }
     }
@@ -364,30 +389,21 @@ async fn check_workspace(
                 continue;
             }
         };
-        let outcome = create_vcs_run(
+        let trigger = VcsTrigger::PullRequest {
+            number: pull.number,
+            head_ref: pull.head_ref.clone(),
+            title: pull.title.clone(),
+        };
+        created += record(
+            ctx,
             conn,
-            NewVcsRun {
-                workspace_id: &workspace.id,
-                commit_sha: &pull.head_sha,
-                trigger: VcsTrigger::PullRequest {
-                    number: pull.number,
-                    head_ref: pull.head_ref.clone(),
-                    title: pull.title.clone(),
-                },
-                working_directory: &directory,
-                auto_apply: false,
-                snapshot: &repacked.snapshot,
-            },
+            workspace,
+            &target,
+            &pull.head_sha,
+            trigger,
+            &repacked,
         )
         .await?;
-        if let RunCreation::Created { run_id, .. } = outcome {
-            created += 1;
-            ctx.metrics
-                .runs_created
-                .with_label_values(&[provider, "pull_request"])
-                .inc();
-            tracing::info!(run.id = %run_id, pull_request = pull.number, commit = %pull.head_sha, "speculative run created");
-        }
     }
     Ok(created)
 }
