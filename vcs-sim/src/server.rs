@@ -429,37 +429,60 @@ fn head_sha<'a>(sim: &'a Sim, kind: Kind, pull: &crate::state::Pull) -> Option<(
     Some((head_repo, sha))
 }
 
-fn github_pulls(req: &HttpRequest, sim: &mut Sim, full: &str, base: &str) -> HttpResponse {
-    let pairs = query(req);
-    let state = param(&pairs, "state").unwrap_or_else(|| "open".into());
-    let base_filter = param(&pairs, "base");
-    let (per_page, page) = (per_page(req, 30), page(req));
-    let repo = &sim.repos[&key(Kind::Github, full)];
+/// One page (newest first) of the repository's pull/merge requests whose state
+/// `keep`s and whose base is `base_branch` (any when `None`), rendered, with how many
+/// matched in all.
+#[allow(clippy::too_many_arguments)]
+fn page_of_pulls(
+    sim: &Sim,
+    kind: Kind,
+    full: &str,
+    keep: impl Fn(PullState) -> bool,
+    base_branch: Option<&str>,
+    per_page: usize,
+    page: usize,
+    render: impl Fn(&Repo, &Repo, &crate::state::Pull, &str) -> Value,
+) -> (Vec<Value>, usize) {
+    let repo = &sim.repos[&key(kind, full)];
     let mut matching: Vec<&crate::state::Pull> = repo
         .pulls
         .iter()
-        .filter(|p| match state.as_str() {
-            "all" => true,
-            "closed" => p.state != PullState::Open,
-            _ => p.state == PullState::Open,
-        })
-        .filter(|p| base_filter.as_deref().is_none_or(|b| p.base_branch == b))
+        .filter(|p| keep(p.state) && base_branch.is_none_or(|b| p.base_branch == b))
         .collect();
     matching.sort_by(|a, b| {
         b.created_at
             .cmp(&a.created_at)
             .then(b.number.cmp(&a.number))
     });
-    let total = matching.len();
-    let items: Vec<Value> = matching
+    let items = matching
         .iter()
         .skip((page - 1) * per_page)
         .take(per_page)
-        .filter_map(|p| {
-            head_sha(sim, Kind::Github, p)
-                .map(|(head, sha)| render::github_pull(base, repo, head, p, &sha))
-        })
+        .filter_map(|p| head_sha(sim, kind, p).map(|(head, sha)| render(repo, head, p, &sha)))
         .collect();
+    (items, matching.len())
+}
+
+fn github_pulls(req: &HttpRequest, sim: &mut Sim, full: &str, base: &str) -> HttpResponse {
+    let pairs = query(req);
+    let state_filter = param(&pairs, "state").unwrap_or_else(|| "open".into());
+    let base_filter = param(&pairs, "base");
+    let (per_page, page) = (per_page(req, 30), page(req));
+    let keep = |state: PullState| match state_filter.as_str() {
+        "all" => true,
+        "closed" => state != PullState::Open,
+        _ => state == PullState::Open,
+    };
+    let (items, total) = page_of_pulls(
+        sim,
+        Kind::Github,
+        full,
+        keep,
+        base_filter.as_deref(),
+        per_page,
+        page,
+        |repo, head, pull, sha| render::github_pull(base, repo, head, pull, sha),
+    );
     let last = total.div_ceil(per_page).max(1);
     let mut response = HttpResponse::Ok();
     let link_to = |n: usize, rel: &str| {
@@ -619,37 +642,26 @@ fn gitlab(req: &HttpRequest, path: &str, ctx: &Context) -> HttpResponse {
 
 fn gitlab_merge_requests(req: &HttpRequest, sim: &mut Sim, full: &str, base: &str) -> HttpResponse {
     let pairs = query(req);
-    let state = param(&pairs, "state").unwrap_or_else(|| "all".into());
+    let state_filter = param(&pairs, "state").unwrap_or_else(|| "all".into());
     let target = param(&pairs, "target_branch");
     let (per_page, page) = (per_page(req, 20), page(req));
-    let repo = &sim.repos[&key(Kind::Gitlab, full)];
-    let mut matching: Vec<&crate::state::Pull> = repo
-        .pulls
-        .iter()
-        .filter(|p| match state.as_str() {
-            "opened" => p.state == PullState::Open,
-            "closed" => p.state == PullState::Closed,
-            "merged" => p.state == PullState::Merged,
-            _ => true,
-        })
-        .filter(|p| target.as_deref().is_none_or(|t| p.base_branch == t))
-        .collect();
-    matching.sort_by(|a, b| {
-        b.created_at
-            .cmp(&a.created_at)
-            .then(b.number.cmp(&a.number))
-    });
-    let total = matching.len();
+    let keep = |state: PullState| match state_filter.as_str() {
+        "opened" => state == PullState::Open,
+        "closed" => state == PullState::Closed,
+        "merged" => state == PullState::Merged,
+        _ => true,
+    };
+    let (items, total) = page_of_pulls(
+        sim,
+        Kind::Gitlab,
+        full,
+        keep,
+        target.as_deref(),
+        per_page,
+        page,
+        |repo, head, pull, sha| render::gitlab_merge_request(base, repo, head, pull, sha),
+    );
     let total_pages = total.div_ceil(per_page).max(1);
-    let items: Vec<Value> = matching
-        .iter()
-        .skip((page - 1) * per_page)
-        .take(per_page)
-        .filter_map(|p| {
-            head_sha(sim, Kind::Gitlab, p)
-                .map(|(head, sha)| render::gitlab_merge_request(base, repo, head, p, &sha))
-        })
-        .collect();
     let mut response = HttpResponse::Ok();
     let next = if page < total_pages {
         (page + 1).to_string()
