@@ -102,6 +102,22 @@ fn response_schema(path: &str, method: &str, status: &str) -> String {
     format!("/paths/{escaped}/{method}/responses/{status}/content/application~1json/schema")
 }
 
+/// A repository with a `feature` branch and one open pull/merge request from it, so
+/// list answers are not empty.
+async fn repository_with_open_pull(sim: &Simulator, kind: Kind, repo: &str) {
+    sim.create_repo(kind, repo, &[("main.tf", "")]);
+    sim.commit(kind, repo, "feature", "Change", &[("a.tf", "a")])
+        .await;
+    let pull = NewPull {
+        head: "feature".into(),
+        base: Some("main".into()),
+        title: "A change".into(),
+        draft: false,
+        head_repo: None,
+    };
+    sim.open_pull(kind, repo, pull).await;
+}
+
 fn app_jwt() -> String {
     let now = chrono::Utc::now().timestamp();
     jsonwebtoken::encode(
@@ -118,27 +134,7 @@ async fn github_responses_validate_against_githubs_openapi_description() {
     let sim = Simulator::start().await.unwrap();
     sim.add_github_app(42, GITHUB_APP_TEST_PUBLIC_KEY);
     sim.add_installation(7, 42, "acme", None);
-    sim.create_repo(Kind::Github, "acme/infra", &[("main.tf", "")]);
-    sim.commit(
-        Kind::Github,
-        "acme/infra",
-        "feature",
-        "Change",
-        &[("a.tf", "a")],
-    )
-    .await;
-    sim.open_pull(
-        Kind::Github,
-        "acme/infra",
-        NewPull {
-            head: "feature".into(),
-            base: Some("main".into()),
-            title: "A change".into(),
-            draft: false,
-            head_repo: None,
-        },
-    )
-    .await;
+    repository_with_open_pull(&sim, Kind::Github, "acme/infra").await;
     let client = reqwest::Client::new();
     let minted = client
         .post(format!("{}/app/installations/7/access_tokens", sim.url()))
@@ -262,27 +258,7 @@ async fn gitlab_responses_carry_the_fields_of_recorded_real_responses() {
     };
     let sim = Simulator::start().await.unwrap();
     sim.add_gitlab_token("glpat-x", None);
-    sim.create_repo(Kind::Gitlab, "group/project", &[("main.tf", "")]);
-    sim.commit(
-        Kind::Gitlab,
-        "group/project",
-        "feature",
-        "Change",
-        &[("a.tf", "a")],
-    )
-    .await;
-    sim.open_pull(
-        Kind::Gitlab,
-        "group/project",
-        NewPull {
-            head: "feature".into(),
-            base: Some("main".into()),
-            title: "A change".into(),
-            draft: false,
-            head_repo: None,
-        },
-    )
-    .await;
+    repository_with_open_pull(&sim, Kind::Gitlab, "group/project").await;
     let client = reqwest::Client::new();
     let get = |path: &str| {
         let request = client

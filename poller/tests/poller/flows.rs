@@ -195,11 +195,8 @@ async fn every_new_pull_request_head_gets_one_speculative_plan_and_supersedes_th
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_download_loses_no_commit_and_makes_exactly_one_run_once_it_recovers() {
     let world = World::new().await;
-    let sha = world
-        .sim
-        .create_repo(Kind::Github, "acme/infra", &[("main.tf", "")]);
-    let ws = world
-        .workspace("infra", Kind::Github, "acme/infra", "main")
+    let (sha, ws) = world
+        .repo_with_workspace(Kind::Github, "acme/infra", "infra")
         .await;
     let ctx = world.context(&[]);
     world.sim.inject_fault(fault("/tarball/", 500, 1_000));
@@ -271,11 +268,8 @@ async fn workspaces_whose_connection_is_missing_or_disabled_are_skipped_with_a_r
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provider_errors_are_recorded_short_and_without_credentials() {
     let world = World::new().await;
-    world
-        .sim
-        .create_repo(Kind::Gitlab, "group/project", &[("main.tf", "")]);
-    let ws = world
-        .workspace("p", Kind::Gitlab, "group/project", "main")
+    let (_, ws) = world
+        .repo_with_workspace(Kind::Gitlab, "group/project", "p")
         .await;
     let missing = world
         .workspace("m", Kind::Gitlab, "group/missing", "main")

@@ -121,6 +121,18 @@ impl World {
         }
     }
 
+    /// A new repository (one empty `main.tf`) and a workspace tracking its `main`;
+    /// returns the head SHA and the workspace.
+    pub async fn repo_with_workspace(
+        &self,
+        kind: Kind,
+        repo: &str,
+        name: &str,
+    ) -> (String, WorkspaceId) {
+        let sha = self.sim.create_repo(kind, repo, &[("main.tf", "")]);
+        (sha, self.workspace(name, kind, repo, "main").await)
+    }
+
     /// A workspace linked to `repo` on the simulator (branch empty = default branch).
     pub async fn workspace(&self, name: &str, kind: Kind, repo: &str, branch: &str) -> WorkspaceId {
         let id = WorkspaceId::generate();

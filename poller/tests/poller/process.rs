@@ -104,11 +104,8 @@ fn latency(path: &str, ms: u64, count: u64) -> Fault {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_the_poll_under_way_and_exits_zero() {
     let world = World::new().await;
-    let sha = world
-        .sim
-        .create_repo(Kind::Github, "acme/infra", &[("main.tf", "")]);
-    let ws = world
-        .workspace("infra", Kind::Github, "acme/infra", "main")
+    let (sha, ws) = world
+        .repo_with_workspace(Kind::Github, "acme/infra", "infra")
         .await;
     world.sim.inject_fault(latency("/tarball/", 2_000, 1));
     let port = free_port().to_string();
@@ -209,11 +206,8 @@ async fn a_replica_killed_mid_cycle_leaves_no_lost_and_no_duplicate_run() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poll_once_polls_one_workspace_on_request() {
     let world = World::new().await;
-    world
-        .sim
-        .create_repo(Kind::Gitlab, "group/project", &[("main.tf", "")]);
-    let ws = world
-        .workspace("p", Kind::Gitlab, "group/project", "main")
+    let (_, ws) = world
+        .repo_with_workspace(Kind::Gitlab, "group/project", "p")
         .await;
     let output = poller(&world, &["poll-once", "--workspace", ws.as_str()], &[])
         .output()

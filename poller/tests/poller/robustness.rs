@@ -50,11 +50,8 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_the_broker_down_the_schedule_keeps_creating_runs_and_the_consumer_comes_back() {
     let world = World::new().await;
-    world
-        .sim
-        .create_repo(Kind::Github, "acme/infra", &[("main.tf", "")]);
-    let ws = world
-        .workspace("infra", Kind::Github, "acme/infra", "main")
+    let (_, ws) = world
+        .repo_with_workspace(Kind::Github, "acme/infra", "infra")
         .await;
     let proxy = TcpProxy::start("127.0.0.1:5672").await;
     let via_proxy = world.vhost.url_via(&proxy.address());
@@ -137,11 +134,8 @@ async fn with_the_broker_down_the_schedule_keeps_creating_runs_and_the_consumer_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_database_connections_are_survived() {
     let world = World::new().await;
-    world
-        .sim
-        .create_repo(Kind::Github, "acme/infra", &[("main.tf", "")]);
-    let ws = world
-        .workspace("infra", Kind::Github, "acme/infra", "main")
+    let (_, ws) = world
+        .repo_with_workspace(Kind::Github, "acme/infra", "infra")
         .await;
     let ctx = world.context(&[]);
     poll(&ctx, &ws).await;
