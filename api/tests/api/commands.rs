@@ -92,12 +92,7 @@ async fn keys_rotate_as_a_binary_leaves_credentials_readable() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let mut conn = app.connection().await;
-    let ciphertext: String = vcs_connections::table
-        .select(vcs_connections::encrypted_credential.assume_not_null())
-        .first(&mut conn)
-        .await
-        .unwrap();
+    let ciphertext = app.stored_credential().await;
     assert_eq!(
         KeyRing::parse(&new_key)
             .unwrap()

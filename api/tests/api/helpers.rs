@@ -127,6 +127,19 @@ impl TestApp {
         self.db.connection().await
     }
 
+    /// The stored (encrypted) credential of the app's only VCS connection.
+    pub async fn stored_credential(&self) -> String {
+        use diesel::prelude::*;
+        use diesel_async::RunQueryDsl;
+        use terrapod_shared::db::schema::vcs_connections;
+        let mut conn = self.connection().await;
+        vcs_connections::table
+            .select(vcs_connections::encrypted_credential.assume_not_null())
+            .first(&mut conn)
+            .await
+            .unwrap()
+    }
+
     /// Creates a GitHub App connection and returns its JSON:API resource.
     pub async fn create_github_connection(&self, name: &str, installation_id: i64) -> Value {
         let response = self

@@ -177,17 +177,7 @@ async fn patch_changes_status_and_rotates_credentials_but_not_the_provider() {
     let connection = app.create_gitlab_connection("gl", "glpat-old").await;
     let id = connection["id"].as_str().unwrap();
     let path = format!("/api/v2/vcs-connections/{id}");
-    let before: String = {
-        use diesel::prelude::*;
-        use diesel_async::RunQueryDsl;
-        use terrapod_shared::db::schema::vcs_connections::dsl::*;
-        let mut conn = app.connection().await;
-        vcs_connections
-            .select(encrypted_credential.assume_not_null())
-            .first(&mut conn)
-            .await
-            .unwrap()
-    };
+    let before = app.stored_credential().await;
     let response = app
         .patch(
             &path,
@@ -198,17 +188,7 @@ async fn patch_changes_status_and_rotates_credentials_but_not_the_provider() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["data"]["attributes"]["status"], "disabled");
     assert_eq!(body["data"]["attributes"]["name"], "renamed");
-    let after: String = {
-        use diesel::prelude::*;
-        use diesel_async::RunQueryDsl;
-        use terrapod_shared::db::schema::vcs_connections::dsl::*;
-        let mut conn = app.connection().await;
-        vcs_connections
-            .select(encrypted_credential.assume_not_null())
-            .first(&mut conn)
-            .await
-            .unwrap()
-    };
+    let after = app.stored_credential().await;
     assert_ne!(before, after);
     let keys =
         terrapod_shared::crypto::KeyRing::parse(app.encryption_key.as_deref().unwrap()).unwrap();

@@ -168,6 +168,19 @@ async fn gitlab_workspace(app: &TestApp, sim: &Simulator, token: &str, url: &str
         .to_owned()
 }
 
+/// Makes the simulator deliver its signed webhooks of `kind` to the app.
+fn deliver_webhooks_to(app: &TestApp, sim: &Simulator, kind: Kind) {
+    let (path, secret) = match kind {
+        Kind::Github => ("github", GITHUB_SECRET),
+        Kind::Gitlab => ("gitlab", GITLAB_SECRET),
+    };
+    sim.add_webhook(
+        kind,
+        &format!("{}/api/v2/vcs-events/{path}", app.address),
+        secret,
+    );
+}
+
 async fn wait_for_run(app: &TestApp, workspace: &str, sha: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
@@ -199,11 +212,7 @@ async fn a_signed_push_webhook_makes_the_run_appear_without_waiting_for_the_sche
     let (_, workspace) = github_world(&app, &sim, 77).await;
     // Linking queued an immediate poll: the first run needs no webhook.
     wait_for_run(&app, &workspace, &first).await;
-    sim.add_webhook(
-        Kind::Github,
-        &format!("{}/api/v2/vcs-events/github", app.address),
-        GITHUB_SECRET,
-    );
+    deliver_webhooks_to(&app, &sim, Kind::Github);
     let second = sim
         .commit(
             Kind::Github,
@@ -446,11 +455,7 @@ async fn gitlab_push_and_merge_request_hooks_make_runs() {
     )
     .await;
     wait_for_run(&app, &workspace, &first).await;
-    sim.add_webhook(
-        Kind::Gitlab,
-        &format!("{}/api/v2/vcs-events/gitlab", app.address),
-        GITLAB_SECRET,
-    );
+    deliver_webhooks_to(&app, &sim, Kind::Gitlab);
     let second = sim
         .commit(
             Kind::Gitlab,
