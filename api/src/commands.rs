@@ -24,6 +24,8 @@ pub enum CommandError {
     NoEncryptionKey,
     #[error("cannot serve: {0}")]
     Io(#[from] std::io::Error),
+    #[error("no database connection: {0}")]
+    Pool(#[from] db::PoolError),
 }
 
 /// Retries `connect` with capped exponential backoff, logging each failure, so a
@@ -92,16 +94,9 @@ pub async fn rotate_keys(settings: &Settings) -> Result<usize, CommandError> {
 /// Connects (with backoff), ensures the bootstrap token, and builds the server.
 pub async fn build_server(settings: Settings) -> Result<Application, CommandError> {
     let pool: DbPool = db::pool(settings.database_url.expose_secret(), "terrapod-api", 16)?;
-    with_backoff("PostgreSQL", u32::MAX, || async {
-        pool.get().await.map(drop).map_err(|err| err.to_string())
-    })
-    .await
-    .ok();
+    // Waits for PostgreSQL (logging each failed attempt) before serving.
+    let mut conn = with_backoff("PostgreSQL", u32::MAX, || pool.get()).await?;
     if let Some(token) = &settings.bootstrap_token {
-        let mut conn = pool
-            .get()
-            .await
-            .map_err(|err| db::DbSetupError::Migration(format!("no database connection: {err}")))?;
         tokens::store(
             &mut conn,
             token,
@@ -110,5 +105,6 @@ pub async fn build_server(settings: Settings) -> Result<Application, CommandErro
         )
         .await?;
     }
+    drop(conn);
     Ok(Application::build(settings, pool)?)
 }

@@ -195,3 +195,28 @@ async fn migrate_creates_a_missing_database_and_is_idempotent() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bootstrap_token_is_an_admin_token_once_the_api_starts() {
+    let app = spawn_app().await;
+    let settings = Settings::from_lookup(|name| match name {
+        "TERRAPOD_DATABASE__URL" => Some(app.db.url().to_owned()),
+        "TERRAPOD_API__LISTEN" => Some("127.0.0.1:0".to_owned()),
+        "TERRAPOD_ENCRYPTION__KEY" => app.encryption_key.clone(),
+        "TERRAPOD_AUTH__BOOTSTRAP_TOKEN" => Some("bootstrap-for-ci".to_owned()),
+        _ => None,
+    })
+    .unwrap();
+    let server = commands::build_server(settings).await.unwrap();
+    let address = format!("http://127.0.0.1:{}", server.port());
+    tokio::spawn(server.run_until_stopped());
+    let response = app
+        .client
+        .post(format!("{address}/api/v2/organizations/default/vcs-connections"))
+        .bearer_auth("bootstrap-for-ci")
+        .json(&serde_json::json!({"data": {"type": "vcs-connections", "attributes": {"name": "gl", "provider": "gitlab", "token": "t"}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201, "only admins may create connections");
+}
