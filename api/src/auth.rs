@@ -1,10 +1,8 @@
 //! Bearer-token authentication and the two roles.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix_web::dev::Payload;
 use actix_web::http::header;
@@ -16,37 +14,32 @@ use crate::error::ApiError;
 use crate::startup::AppState;
 
 /// Recently verified tokens (by digest, never in clear), so a busy client costs no
-/// token query per request. Tokens are only ever added or re-roled (there is no
-/// revocation endpoint); a role change is seen within [`TOKEN_CACHE_TTL`].
+/// token query per request. Bounded, and each entry expires [`TOKEN_CACHE_TTL`] after
+/// it was verified, so a change of a token's role is seen within that time.
 pub struct TokenCache {
-    entries: Mutex<HashMap<Vec<u8>, (Role, Instant)>>,
+    entries: moka::sync::Cache<Vec<u8>, Role>,
 }
 
 pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(60);
-/// Past this many entries the cache starts over instead of growing.
-const TOKEN_CACHE_MAX: usize = 10_000;
+/// Verified tokens remembered at most.
+const TOKEN_CACHE_MAX: u64 = 10_000;
 
 impl TokenCache {
     pub fn new() -> Self {
         TokenCache {
-            entries: Mutex::new(HashMap::new()),
+            entries: moka::sync::Cache::builder()
+                .max_capacity(TOKEN_CACHE_MAX)
+                .time_to_live(TOKEN_CACHE_TTL)
+                .build(),
         }
     }
 
     fn get(&self, digest: &[u8]) -> Option<Role> {
-        let entries = self.entries.lock().expect("token cache lock");
-        entries
-            .get(digest)
-            .filter(|(_, at)| at.elapsed() < TOKEN_CACHE_TTL)
-            .map(|(role, _)| *role)
+        self.entries.get(digest)
     }
 
     fn insert(&self, digest: Vec<u8>, role: Role) {
-        let mut entries = self.entries.lock().expect("token cache lock");
-        if entries.len() >= TOKEN_CACHE_MAX {
-            entries.clear();
-        }
-        entries.insert(digest, (role, Instant::now()));
+        self.entries.insert(digest, role);
     }
 }
 

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
+
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use secrecy::{ExposeSecret, SecretString};
 use terrapod_shared::crypto::KeyRing;
@@ -28,31 +30,31 @@ pub enum CommandError {
     Pool(#[from] db::PoolError),
 }
 
-/// Retries `connect` with capped exponential backoff, logging each failure, so a
-/// program started before its database waits instead of crash-looping silently.
-pub async fn with_backoff<
-    T,
+/// Retries `connect` with capped exponential backoff (250 ms doubling to 10 s, at
+/// most `attempts` tries), logging each failure, so a program started before its
+/// database waits instead of crash-looping silently.
+pub async fn with_backoff<T, E, F>(
+    what: &str,
+    attempts: usize,
+    connect: impl FnMut() -> F,
+) -> Result<T, E>
+where
     E: std::fmt::Display,
     F: std::future::Future<Output = Result<T, E>>,
->(
-    what: &str,
-    attempts: u32,
-    mut connect: impl FnMut() -> F,
-) -> Result<T, E> {
-    let mut delay = Duration::from_millis(250);
-    let mut attempt = 1;
-    loop {
-        match connect().await {
-            Ok(value) => return Ok(value),
-            Err(err) if attempt < attempts => {
-                tracing::warn!(attempt, error = %err, retry_in_ms = delay.as_millis() as u64, "cannot reach {what} yet");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
-                attempt += 1;
-            }
-            Err(err) => return Err(err),
-        }
-    }
+{
+    let mut attempt = 0u32;
+    connect
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(250))
+                .with_max_delay(Duration::from_secs(10))
+                .with_max_times(attempts.saturating_sub(1)),
+        )
+        .notify(|err: &E, delay: Duration| {
+            attempt += 1;
+            tracing::warn!(attempt, error = %err, retry_in_ms = delay.as_millis() as u64, "cannot reach {what} yet");
+        })
+        .await
 }
 
 async fn connect(settings: &Settings) -> Result<AsyncPgConnection, db::DbSetupError> {
@@ -95,7 +97,7 @@ pub async fn rotate_keys(settings: &Settings) -> Result<usize, CommandError> {
 pub async fn build_server(settings: Settings) -> Result<Application, CommandError> {
     let pool: DbPool = db::pool(settings.database_url.expose_secret(), "terrapod-api", 16)?;
     // Waits for PostgreSQL (logging each failed attempt) before serving.
-    let mut conn = with_backoff("PostgreSQL", u32::MAX, || pool.get()).await?;
+    let mut conn = with_backoff("PostgreSQL", usize::MAX, || pool.get()).await?;
     if let Some(token) = &settings.bootstrap_token {
         tokens::store(
             &mut conn,

@@ -1,9 +1,13 @@
 //! The RabbitMQ consumer: one poll per message, acked once the poll is done. It
 //! reconnects by itself; while the broker is away the schedule keeps polling.
+//!
+//! Message polls have their own share of the process's capacity (prefetch =
+//! concurrency, and a pool share of their own), so a busy schedule never starves them.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
@@ -14,34 +18,48 @@ use secrecy::ExposeSecret;
 use terrapod_shared::queue::{self, PollMessage, QueueError, POLL_QUEUE};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::cache::CycleCache;
 use crate::poll::{poll_workspace, PollContext, PollOutcome, Trigger};
 
+/// Reconnection delays: 1 s doubling to 30 s, started over once consuming works.
+fn reconnect_delays() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_secs(1))
+        .with_max_delay(Duration::from_secs(30))
+        .without_max_times()
+        .build()
+}
+
 pub async fn run_consumer(ctx: Arc<PollContext>, mut shutdown: watch::Receiver<bool>) {
-    let mut backoff = Duration::from_secs(1);
+    let mut delays = reconnect_delays();
     loop {
         if *shutdown.borrow() {
             return;
         }
-        match consume(&ctx, &mut shutdown, &mut backoff).await {
+        let mut consuming = false;
+        match consume(&ctx, &mut shutdown, &mut consuming).await {
             Ok(()) => return,
             Err(err) => {
-                tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "RabbitMQ consumer stopped; reconnecting");
+                if consuming {
+                    delays = reconnect_delays();
+                }
+                let wait = delays.next().unwrap_or(Duration::from_secs(30));
+                tracing::warn!(error = %err, retry_in_ms = wait.as_millis() as u64, "RabbitMQ consumer stopped; reconnecting");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.changed() => {}
+                }
             }
         }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = shutdown.changed() => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(30));
     }
 }
 
 async fn consume(
     ctx: &Arc<PollContext>,
     shutdown: &mut watch::Receiver<bool>,
-    backoff: &mut Duration,
+    consuming: &mut bool,
 ) -> Result<(), QueueError> {
     let unreachable = |err: lapin::Error| QueueError::Unreachable(err.to_string());
     let connection =
@@ -63,7 +81,7 @@ async fn consume(
         .await
         .map_err(unreachable)?;
     tracing::info!(queue = POLL_QUEUE, prefetch, "consuming poll messages");
-    *backoff = Duration::from_secs(1);
+    *consuming = true;
     let mut in_flight = JoinSet::new();
     let result = loop {
         tokio::select! {
@@ -92,28 +110,45 @@ async fn handle(ctx: &PollContext, delivery: Delivery) {
     let message = serde_json::from_slice::<PollMessage>(&delivery.data)
         .ok()
         .and_then(|message| message.workspace().map(|id| (message.reason, id)));
+    let delivery_id = delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|id| id.to_string());
+    let span = tracing::info_span!(
+        "poll_message",
+        amqp.delivery_tag = delivery.delivery_tag,
+        delivery.id = delivery_id.as_deref(),
+        workspace.id = tracing::field::Empty,
+        reason = tracing::field::Empty,
+    );
     let Some((reason, workspace)) = message else {
-        tracing::warn!("malformed poll message dead-lettered");
+        span.in_scope(|| tracing::warn!("malformed poll message dead-lettered"));
         let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
         return;
     };
-    let cache = CycleCache::default();
-    match poll_workspace(ctx, &cache, &workspace, Trigger::Message).await {
-        Ok(outcome) => {
-            if let PollOutcome::Polled { runs_created, .. } = outcome {
-                tracing::info!(workspace.id = %workspace, ?reason, runs_created, "polled on request");
+    span.record("workspace.id", workspace.as_str());
+    span.record("reason", format!("{reason:?}").to_lowercase());
+    async {
+        match poll_workspace(ctx, &CycleCache::default(), &workspace, Trigger::Message).await {
+            Ok(outcome) => {
+                if let PollOutcome::Polled(report) = outcome {
+                    tracing::info!(runs_created = report.runs_created, "polled on request");
+                }
+                let _ = delivery.ack(BasicAckOptions::default()).await;
             }
-            let _ = delivery.ack(BasicAckOptions::default()).await;
-        }
-        Err(err) => {
-            // Requeued; the queue's delivery limit dead-letters it if this persists.
-            tracing::warn!(workspace.id = %workspace, error = %err, "poll on request failed; requeued");
-            let _ = delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    multiple: false,
-                })
-                .await;
+            Err(err) => {
+                // Requeued; the queue's delivery limit dead-letters it if this persists.
+                tracing::warn!(error = %err, "poll on request failed; requeued");
+                let _ = delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        multiple: false,
+                    })
+                    .await;
+            }
         }
     }
+    .instrument(span)
+    .await
 }

@@ -6,6 +6,7 @@
 //! workspace, so replicas never poll one workspace at once, and runs are recorded by
 //! the one transactional function whose unique indexes make a duplicate impossible.
 
+mod archives;
 pub mod cache;
 pub mod consumer;
 pub mod cycle;
@@ -18,20 +19,34 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use secrecy::ExposeSecret;
 use terrapod_shared::db;
 use terrapod_shared::domain::Provider;
+use terrapod_shared::vcs::budget::{BudgetLimits, RequestBudget, WINDOW};
 use terrapod_shared::vcs::http::{RetryPolicy, VcsHttp};
 use terrapod_shared::vcs::VcsShared;
 use terrapod_shared::Settings;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 use metrics::PollerMetrics;
 use poll::PollContext;
 
-/// Builds the shared context: database pool (one connection per concurrent poll, plus
-/// a few for claiming) and the process-wide provider client.
+/// Archive downloads in flight per replica, at most: each streams to temporary files
+/// of up to `TERRAPOD_VCS__MAX_ARCHIVE_BYTES` and about as much again repacked.
+pub const MAX_DOWNLOADS: usize = 4;
+
+/// Builds the shared context with the production budget window (60 s).
 pub fn context(settings: Settings) -> Result<Arc<PollContext>, db::DbSetupError> {
+    context_with_window(settings, WINDOW)
+}
+
+/// Builds the shared context: database pools, the request budget shared with the
+/// other replicas (over `window`; tests shorten it), and the provider client.
+pub fn context_with_window(
+    settings: Settings,
+    window: Duration,
+) -> Result<Arc<PollContext>, db::DbSetupError> {
     let metrics = PollerMetrics::new();
     let requests = metrics.provider_requests.clone();
     let observer = Arc::new(move |provider: Provider, status: u16| {
@@ -39,27 +54,54 @@ pub fn context(settings: Settings) -> Result<Arc<PollContext>, db::DbSetupError>
             .with_label_values(&[provider.as_str(), &status.to_string()])
             .inc();
     });
-    let pool = db::pool(
-        settings.database_url.expose_secret(),
-        "terrapod-poller",
-        settings.poller_concurrency.get() + 4,
-    )?;
+    let url = settings.database_url.expose_secret();
+    let concurrency = settings.poller_concurrency.get();
+    // One connection per poll in flight: scheduled polls and message polls each up to
+    // the concurrency, plus claims. Budget statements have a pool of their own, so a
+    // poll waiting for the budget never waits for its own pool.
+    let pool = db::locking_pool(url, "terrapod-poller", 2 * concurrency + 2)?;
+    let budget = RequestBudget::new(
+        db::pool(url, "terrapod-poller-budget", 4)?,
+        BudgetLimits {
+            github_per_window: settings.vcs.github_requests_per_minute,
+            gitlab_per_window: settings.vcs.gitlab_requests_per_minute,
+            window,
+        },
+        Some(metrics.budget_wait.clone()),
+    );
+    let http = VcsHttp::new(RetryPolicy::default(), Some(observer)).with_budget(Arc::new(budget));
     Ok(Arc::new(PollContext {
         pool,
-        vcs: VcsShared::new(VcsHttp::new(RetryPolicy::default(), Some(observer))),
+        vcs: VcsShared::new(http),
+        downloads: Semaphore::new(concurrency.min(MAX_DOWNLOADS)),
         settings: Arc::new(settings),
         metrics,
     }))
 }
 
-/// Waits until the database answers, logging each failed attempt.
-pub async fn wait_for_database(ctx: &PollContext) {
-    let mut delay = Duration::from_millis(250);
+/// Waits until the database answers, logging each failed attempt; false when
+/// `shutdown` came first.
+pub async fn wait_for_database(ctx: &PollContext, shutdown: &mut watch::Receiver<bool>) -> bool {
+    let mut delays = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(Duration::from_secs(10))
+        .without_max_times()
+        .build();
     let mut attempt = 1u32;
-    while let Err(err) = ctx.pool.get().await {
+    loop {
+        let err = tokio::select! {
+            connection = ctx.pool.get() => match connection {
+                Ok(_) => return true,
+                Err(err) => err,
+            },
+            _ = shutdown.wait_for(|stop| *stop) => return false,
+        };
+        let delay = delays.next().unwrap_or(Duration::from_secs(10));
         tracing::warn!(attempt, error = %err, retry_in_ms = delay.as_millis() as u64, "cannot reach PostgreSQL yet");
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(10));
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return false,
+        }
         attempt += 1;
     }
 }
@@ -74,8 +116,10 @@ pub async fn run(
     let server = server::build(ctx.clone(), listener)?;
     let server_handle = server.handle();
     let server_task = tokio::spawn(server);
-    wait_for_database(&ctx).await;
-    if ctx.settings.vcs.enabled {
+    let mut waiting = shutdown.clone();
+    if !wait_for_database(&ctx, &mut waiting).await {
+        tracing::info!("stopped before PostgreSQL could be reached");
+    } else if ctx.settings.vcs.enabled {
         tracing::info!(
             interval_seconds = ctx.settings.vcs.poll_interval.as_secs(),
             concurrency = ctx.settings.poller_concurrency.get(),
@@ -89,11 +133,7 @@ pub async fn run(
             "VCS polling is disabled (TERRAPOD_VCS__ENABLED=false); serving health only"
         );
         let mut shutdown = shutdown;
-        while !*shutdown.borrow() {
-            if shutdown.changed().await.is_err() {
-                break;
-            }
-        }
+        let _ = shutdown.wait_for(|stop| *stop).await;
     }
     server_handle.stop(true).await;
     let _ = server_task.await;

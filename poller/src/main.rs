@@ -81,10 +81,16 @@ async fn poll_once(
     ctx: Arc<terrapod_poller::poll::PollContext>,
     workspace: Option<String>,
 ) -> ExitCode {
-    terrapod_poller::wait_for_database(&ctx).await;
+    let (stop, mut shutdown) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        let _ = stop.send(true);
+    });
+    if !terrapod_poller::wait_for_database(&ctx, &mut shutdown).await {
+        return ExitCode::FAILURE;
+    }
     match workspace {
         None => {
-            let (_stop, shutdown) = watch::channel(false);
             let report = cycle::run_cycle(&ctx, &shutdown).await;
             println!(
                 "polled {} workspaces, created {} runs, {} errors",
@@ -98,18 +104,19 @@ async fn poll_once(
                 return ExitCode::from(2);
             };
             match poll_workspace(&ctx, &CycleCache::default(), &id, Trigger::Message).await {
-                Ok(PollOutcome::Polled {
-                    runs_created,
-                    error,
-                }) => {
-                    println!("created {runs_created} runs");
-                    match error {
+                Ok(PollOutcome::Polled(report)) => {
+                    println!("created {} runs", report.runs_created);
+                    match report.error_summary() {
                         Some(error) => {
                             eprintln!("terrapod-poller: {error}");
                             ExitCode::FAILURE
                         }
                         None => ExitCode::SUCCESS,
                     }
+                }
+                Ok(PollOutcome::Superseded) => {
+                    eprintln!("terrapod-poller: the workspace's VCS settings changed during the poll; nothing was recorded");
+                    ExitCode::FAILURE
                 }
                 Ok(PollOutcome::Locked) => {
                     eprintln!("terrapod-poller: another poll of {id} is under way");

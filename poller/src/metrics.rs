@@ -1,6 +1,8 @@
 //! Prometheus metrics of the poller.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{
+    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+};
 
 #[derive(Clone)]
 pub struct PollerMetrics {
@@ -9,6 +11,8 @@ pub struct PollerMetrics {
     pub runs_created: IntCounterVec,
     pub provider_requests: IntCounterVec,
     pub poll_errors: IntCounter,
+    pub poll_lag: GaugeVec,
+    pub budget_wait: HistogramVec,
 }
 
 impl PollerMetrics {
@@ -45,11 +49,30 @@ impl PollerMetrics {
             "Workspace polls that recorded an error",
         )
         .expect("valid metric");
+        let poll_lag = GaugeVec::new(
+            Opts::new(
+                "terrapod_vcs_poll_lag_seconds",
+                "How long after falling due the workspaces of the last cycle were polled, at most, by provider (above zero when the provider's budget stretches the interval)",
+            ),
+            &["provider"],
+        )
+        .expect("valid metric");
+        let budget_wait = HistogramVec::new(
+            HistogramOpts::new(
+                "terrapod_vcs_budget_wait_seconds",
+                "Time a provider request waited for the shared request budget",
+            )
+            .buckets(vec![0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0]),
+            &["provider"],
+        )
+        .expect("valid metric");
         for metric in [
             Box::new(poll_duration.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(runs_created.clone()),
             Box::new(provider_requests.clone()),
             Box::new(poll_errors.clone()),
+            Box::new(poll_lag.clone()),
+            Box::new(budget_wait.clone()),
         ] {
             registry.register(metric).expect("registered once");
         }
@@ -59,6 +82,8 @@ impl PollerMetrics {
             runs_created,
             provider_requests,
             poll_errors,
+            poll_lag,
+            budget_wait,
         }
     }
 

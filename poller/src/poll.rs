@@ -1,32 +1,54 @@
 //! Polling one workspace: branch head → push run, open PRs/MRs → speculative runs.
+//!
+//! A poll runs under the workspace's advisory lock, on one pooled connection, and
+//! never holds a transaction across a provider call. Everything that goes wrong is
+//! collected in its [`PollReport`] as a typed [`PollProblem`]; `vcs-last-error` says
+//! all of them. Results are recorded only for the settings generation the poll read.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use terrapod_shared::crypto::KeyRing;
+use diesel_async::AsyncPgConnection;
+use terrapod_shared::archives::StoredArchive;
 use terrapod_shared::db::models::{VcsConnection, Workspace};
-use terrapod_shared::db::{DbPool, PoolError};
+use terrapod_shared::db::{DbPool, PoolError, PooledConnection};
 use terrapod_shared::domain::{
     BranchName, CommitSha, ConnectionStatus, Provider, TriggerReason, WorkingDirectory,
 };
 use terrapod_shared::ids::WorkspaceId;
 use terrapod_shared::runs::{create_vcs_run, NewVcsRun, RunCreation, VcsTrigger};
 use terrapod_shared::vcs::{
-    ArchiveLimits, ProviderClient, Repacked, RepoUrl, VcsError, VcsProvider, VcsShared,
+    ArchiveLimits, BranchHead, Priority, ProviderClient, PullRequest, RepoUrl, VcsError,
+    VcsProvider, VcsShared,
 };
 use terrapod_shared::Settings;
+use tokio::sync::Semaphore;
 use tracing::Instrument;
 
-use crate::cache::{CycleCache, Shared};
+use crate::archives;
+use crate::cache::{CycleCache, RepoKey};
 use crate::metrics::PollerMetrics;
 use crate::store;
 
 /// Everything a poll needs; one per process.
 pub struct PollContext {
+    /// Connections that hold advisory locks: one per poll in flight (scheduled and
+    /// message polls each have their own share), plus a few for claims.
     pub pool: DbPool,
     pub settings: Arc<Settings>,
     pub vcs: Arc<VcsShared>,
     pub metrics: PollerMetrics,
+    /// Archive downloads in flight in this process (each streams to temporary files).
+    pub downloads: Semaphore,
+}
+
+impl PollContext {
+    pub fn archive_limits(&self) -> ArchiveLimits {
+        ArchiveLimits {
+            max_archive_bytes: self.settings.vcs.max_archive_bytes,
+            max_unpacked_bytes: self.settings.vcs.max_unpacked_bytes,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,16 +59,64 @@ pub enum Trigger {
     Message,
 }
 
-#[derive(Debug, PartialEq, Eq)]
+impl Trigger {
+    fn priority(self) -> Priority {
+        match self {
+            Trigger::Schedule => Priority::Scheduled,
+            Trigger::Message => Priority::Requested,
+        }
+    }
+}
+
+#[derive(Debug)]
 pub enum PollOutcome {
-    Polled {
-        runs_created: usize,
-        error: Option<String>,
-    },
+    Polled(PollReport),
     /// Another poll of this workspace is under way.
     Locked,
     /// Deleted, or no longer linked to a repository.
     Gone,
+    /// The VCS settings changed while the poll ran; it recorded nothing, and the next
+    /// poll (queued by the change) looks at the new settings.
+    Superseded,
+}
+
+/// What one poll did, and every problem it met.
+#[derive(Debug, Default)]
+pub struct PollReport {
+    pub runs_created: usize,
+    pub problems: Vec<PollProblem>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PollProblem {
+    /// The connection is missing, deleted or disabled.
+    #[error("{0}")]
+    Connection(String),
+    /// The stored settings do not parse (written before a validation existed).
+    #[error("{0}")]
+    Settings(String),
+    /// Reaching the repository, or its head commit's archive.
+    #[error("{0}")]
+    Provider(Arc<VcsError>),
+    /// One pull/merge request could not be planned; the others were.
+    #[error("PR #{number}: {error}")]
+    PullRequest { number: i64, error: Arc<VcsError> },
+}
+
+impl PollReport {
+    /// What `vcs-last-error` says: every problem, in the order met.
+    pub fn error_summary(&self) -> Option<String> {
+        if self.problems.is_empty() {
+            return None;
+        }
+        Some(
+            self.problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,10 +136,13 @@ pub async fn poll_workspace(
     workspace: &WorkspaceId,
     trigger: Trigger,
 ) -> Result<PollOutcome, PollError> {
-    let span = tracing::info_span!("poll", workspace.id = %workspace, ?trigger);
+    let span = tracing::info_span!("poll", workspace.id = %workspace, ?trigger, repository = tracing::field::Empty);
     async {
         let started = Instant::now();
         let mut conn = ctx.pool.get().await?;
+        if trigger == Trigger::Message {
+            store::clear_poll_queued(&mut conn, workspace).await?;
+        }
         let deadline = Instant::now() + LOCK_WAIT;
         while !store::try_lock(&mut conn, workspace).await? {
             // A scheduled poll just skips; a message waits, since the poll under way
@@ -79,20 +152,20 @@ pub async fn poll_workspace(
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let outcome = poll_locked(ctx, cache, &mut conn, workspace, trigger).await;
-        if !matches!(store::unlock(&mut conn, workspace).await, Ok(true)) {
-            // Closing the session is the sure way to release a session lock.
-            let _ = terrapod_shared::db::PooledConnection::take(conn);
-        }
+        let mut locked = LockedConnection {
+            conn: Some(conn),
+            workspace,
+        };
+        let outcome = poll_locked(ctx, cache, locked.connection(), workspace, trigger).await;
+        locked.release().await;
         ctx.metrics
             .poll_duration
             .observe(started.elapsed().as_secs_f64());
-        if let Ok(PollOutcome::Polled {
-            error: Some(error), ..
-        }) = &outcome
-        {
-            ctx.metrics.poll_errors.inc();
-            tracing::warn!(error = %error, "workspace poll recorded an error");
+        if let Ok(PollOutcome::Polled(report)) = &outcome {
+            if let Some(error) = report.error_summary() {
+                ctx.metrics.poll_errors.inc();
+                tracing::warn!(error = %error, "workspace poll recorded an error");
+            }
         }
         outcome
     }
@@ -100,10 +173,54 @@ pub async fn poll_workspace(
     .await
 }
 
+/// A pooled connection holding a workspace's session advisory lock. Released by
+/// [`LockedConnection::release`]; dropped without it (a cancelled or panicking poll),
+/// the connection is taken out of the pool and closed, which ends the session and so
+/// the lock at once, instead of going back to the pool still holding it.
+struct LockedConnection<'a> {
+    conn: Option<PooledConnection<AsyncPgConnection>>,
+    workspace: &'a WorkspaceId,
+}
+
+impl LockedConnection<'_> {
+    fn connection(&mut self) -> &mut AsyncPgConnection {
+        self.conn.as_mut().expect("held until released")
+    }
+
+    async fn release(mut self) {
+        let mut conn = self.conn.take().expect("released once");
+        if !matches!(store::unlock(&mut conn, self.workspace).await, Ok(true)) {
+            let _ = PooledConnection::take(conn);
+        }
+    }
+}
+
+impl Drop for LockedConnection<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            let _ = PooledConnection::take(conn);
+        }
+    }
+}
+
+/// Why a poll stopped early.
+enum Stop {
+    /// The rest of the poll depends on what failed; the problem is in the report.
+    Problem,
+    Superseded,
+    Database(diesel::result::Error),
+}
+
+impl From<diesel::result::Error> for Stop {
+    fn from(err: diesel::result::Error) -> Self {
+        Stop::Database(err)
+    }
+}
+
 async fn poll_locked(
     ctx: &PollContext,
     cache: &CycleCache,
-    conn: &mut diesel_async::AsyncPgConnection,
+    conn: &mut AsyncPgConnection,
     workspace_id: &WorkspaceId,
     trigger: Trigger,
 ) -> Result<PollOutcome, PollError> {
@@ -116,294 +233,260 @@ async fn poll_locked(
     if workspace.vcs_repo_url.is_empty() {
         return Ok(PollOutcome::Gone);
     }
-    let connection = match usable_connection(&workspace, connection) {
-        Ok(connection) => connection,
-        Err(reason) => {
-            store::record_error(conn, workspace_id, &reason).await?;
-            return Ok(PollOutcome::Polled {
-                runs_created: 0,
-                error: Some(reason),
-            });
+    let mut report = PollReport::default();
+    let result = match usable_connection(&workspace, connection) {
+        Ok(connection) => {
+            match Target::new(ctx, cache, &workspace, &connection, trigger.priority()).await {
+                Ok(target) => target.check(conn, &mut report).await,
+                Err(problem) => {
+                    report.problems.push(problem);
+                    Err(Stop::Problem)
+                }
+            }
+        }
+        Err(problem) => {
+            report.problems.push(problem);
+            Err(Stop::Problem)
         }
     };
-    let mut errors: Vec<String> = Vec::new();
-    let runs_created =
-        match check_workspace(ctx, cache, conn, &workspace, &connection, &mut errors).await {
-            Ok(created) => created,
-            Err(Stop::Vcs(error)) => {
-                errors.push(error);
-                0
-            }
-            Err(Stop::Database(err)) => return Err(err.into()),
-        };
-    let error = errors.into_iter().next();
-    match &error {
-        None => store::record_success(conn, workspace_id).await?,
-        Some(error) => store::record_error(conn, workspace_id, error).await?,
+    match result {
+        Ok(()) | Err(Stop::Problem) => {}
+        Err(Stop::Superseded) => return Ok(PollOutcome::Superseded),
+        Err(Stop::Database(err)) => return Err(err.into()),
     }
-    Ok(PollOutcome::Polled {
-        runs_created,
-        error,
+    let generation = workspace.vcs_settings_generation;
+    let recorded = match report.error_summary() {
+        None => store::record_success(conn, workspace_id, generation).await?,
+        Some(error) => store::record_error(conn, workspace_id, generation, &error).await?,
+    };
+    Ok(if recorded {
+        PollOutcome::Polled(report)
+    } else {
+        PollOutcome::Superseded
     })
 }
 
 fn usable_connection(
     workspace: &Workspace,
     connection: Option<VcsConnection>,
-) -> Result<VcsConnection, String> {
+) -> Result<VcsConnection, PollProblem> {
     let Some(connection) = connection else {
-        return Err(workspace.vcs_last_error.clone().unwrap_or_else(|| {
-            "the workspace has no VCS connection; link one to resume VCS runs".to_owned()
-        }));
+        return Err(PollProblem::Connection(
+            workspace.vcs_last_error.clone().unwrap_or_else(|| {
+                "the workspace has no VCS connection; link one to resume VCS runs".to_owned()
+            }),
+        ));
     };
     if connection.status != ConnectionStatus::Active {
-        return Err(format!(
+        return Err(PollProblem::Connection(format!(
             "VCS connection {} is {}; VCS runs are paused",
             connection.id, connection.status
-        ));
+        )));
     }
     Ok(connection)
 }
 
-enum Stop {
-    /// The poll cannot go on: the reason goes to `vcs-last-error`.
-    Vcs(String),
-    Database(diesel::result::Error),
-}
-
-impl From<diesel::result::Error> for Stop {
-    fn from(err: diesel::result::Error) -> Self {
-        Stop::Database(err)
-    }
-}
-
-fn vcs_stop(err: Arc<VcsError>) -> Stop {
-    Stop::Vcs(err.to_string())
-}
-
-/// The repository being polled, and the cycle's memory of it.
-struct Target<'a> {
-    cache: &'a CycleCache,
-    client: Arc<ProviderClient>,
-    connection: String,
-    provider: Provider,
-    repo: RepoUrl,
+/// The repository being polled for one workspace, and the cycle's memory of it.
+pub(crate) struct Target<'a> {
+    pub(crate) ctx: &'a PollContext,
+    pub(crate) cache: &'a CycleCache,
+    pub(crate) workspace: &'a Workspace,
+    pub(crate) client: Arc<ProviderClient>,
+    pub(crate) provider: Provider,
+    pub(crate) repo: RepoUrl,
+    pub(crate) key: RepoKey,
     /// The workspace's directory inside the repository.
     directory: WorkingDirectory,
-    limits: ArchiveLimits,
 }
 
-impl Target<'_> {
-    fn key(&self, last: &str) -> (String, String, String) {
-        (
-            self.connection.clone(),
-            self.repo.full_path().to_ascii_lowercase(),
-            last.to_owned(),
-        )
+impl<'a> Target<'a> {
+    async fn new(
+        ctx: &'a PollContext,
+        cache: &'a CycleCache,
+        workspace: &'a Workspace,
+        connection: &VcsConnection,
+        priority: Priority,
+    ) -> Result<Target<'a>, PollProblem> {
+        let repo = RepoUrl::parse(connection.provider, &workspace.vcs_repo_url)
+            .map_err(|err| PollProblem::Settings(err.to_string()))?;
+        tracing::Span::current().record("repository", repo.full_path().as_str());
+        let client = cache
+            .clients
+            .get_or_try_init(connection.id.clone(), || async {
+                ProviderClient::for_connection(
+                    &ctx.vcs,
+                    connection,
+                    ctx.settings.encryption.as_ref(),
+                    priority,
+                )
+                .map(Arc::new)
+            })
+            .await
+            .map_err(|err| PollProblem::Provider(Arc::new(err)))?;
+        Ok(Target {
+            ctx,
+            cache,
+            workspace,
+            client,
+            provider: connection.provider,
+            key: RepoKey {
+                connection: connection.id.clone(),
+                repo_path: repo.full_path().to_ascii_lowercase(),
+            },
+            repo,
+            directory: WorkingDirectory::parse(&workspace.working_directory).unwrap_or_default(),
+        })
     }
 
-    async fn default_branch(&self) -> Shared<String> {
-        let (client, repo) = (self.client.clone(), self.repo.clone());
+    /// A span for one provider call of this poll.
+    fn call_span(&self, what: &'static str) -> tracing::Span {
+        tracing::debug_span!("provider_call", what, repository = %self.repo.full_path())
+    }
+
+    async fn default_branch(&self) -> Result<String, Arc<VcsError>> {
         self.cache
             .default_branches
-            .get_or_init(self.key(""), || async move {
-                client.default_branch(&repo).await.map_err(Arc::new)
-            })
+            .get_or_try_init(self.key.clone(), || self.client.default_branch(&self.repo))
+            .instrument(self.call_span("default_branch"))
             .await
+            .map_err(Arc::new)
     }
 
-    async fn head(&self, branch: &str) -> Shared<terrapod_shared::vcs::BranchHead> {
-        let (client, repo, branch_owned) =
-            (self.client.clone(), self.repo.clone(), branch.to_owned());
+    async fn head(&self, branch: &str) -> Result<BranchHead, Arc<VcsError>> {
         self.cache
             .heads
-            .get_or_init(self.key(&format!("branch:{branch}")), || async move {
-                client
-                    .branch_head(&repo, &branch_owned)
-                    .await
-                    .map_err(Arc::new)
+            .get_or_try_init((self.key.clone(), branch.to_owned()), || {
+                self.client.branch_head(&self.repo, branch)
             })
+            .instrument(self.call_span("branch_head"))
             .await
+            .map_err(Arc::new)
     }
 
-    async fn pulls(&self, branch: &str) -> Shared<Arc<Vec<terrapod_shared::vcs::PullRequest>>> {
-        let (client, repo, branch_owned) =
-            (self.client.clone(), self.repo.clone(), branch.to_owned());
+    async fn pulls(&self, branch: &str) -> Result<Arc<Vec<PullRequest>>, Arc<VcsError>> {
         self.cache
             .pulls
-            .get_or_init(self.key(&format!("pulls:{branch}")), || async move {
-                client
-                    .open_pull_requests(&repo, &branch_owned)
+            .get_or_try_init((self.key.clone(), branch.to_owned()), || async {
+                self.client
+                    .open_pull_requests(&self.repo, branch)
                     .await
                     .map(Arc::new)
-                    .map_err(Arc::new)
             })
+            .instrument(self.call_span("open_pull_requests"))
             .await
+            .map_err(Arc::new)
     }
 
-    async fn archive(&self, sha: &CommitSha) -> Shared<Arc<Repacked>> {
-        let (client, repo, sha_owned, limits) = (
-            self.client.clone(),
-            self.repo.clone(),
-            sha.clone(),
-            self.limits,
-        );
-        self.cache
-            .archives
-            .get_or_init(self.key(sha.as_str()), || async move {
-                client
-                    .download_archive(&repo, &sha_owned, limits)
-                    .await
-                    .map(Arc::new)
-                    .map_err(Arc::new)
-            })
-            .await
-    }
-}
-
-async fn client_for(
-    cache: &CycleCache,
-    vcs: &Arc<VcsShared>,
-    connection: &VcsConnection,
-    keys: Option<&KeyRing>,
-) -> Shared<Arc<ProviderClient>> {
-    cache
-        .clients
-        .get_or_init(connection.id.to_string(), || async {
-            ProviderClient::for_connection(vcs, connection, keys)
-                .map(Arc::new)
-                .map_err(Arc::new)
-        })
-        .await
-}
-
-/// Records one run through the shared transaction; 1 when it is new (counted and
-/// logged), 0 when it already existed or the branch moved on. Plan-only runs never
-/// auto-apply, whatever the workspace says (`create_vcs_run` enforces it).
-async fn record(
-    ctx: &PollContext,
-    conn: &mut diesel_async::AsyncPgConnection,
-    workspace: &Workspace,
-    target: &Target<'_>,
-    commit_sha: &CommitSha,
-    trigger: VcsTrigger,
-    repacked: &Repacked,
-) -> Result<usize, Stop> {
-    let reason = match &trigger {
-        VcsTrigger::Push { .. } => TriggerReason::Push,
-        VcsTrigger::PullRequest { .. } => TriggerReason::PullRequest,
-    };
-    let new = NewVcsRun {
-        workspace_id: &workspace.id,
-        commit_sha,
-        trigger,
-        working_directory: &target.directory,
-        auto_apply: workspace.auto_apply,
-        snapshot: &repacked.snapshot,
-    };
-    match create_vcs_run(conn, new).await? {
-        RunCreation::Created { run_id, .. } => {
-            ctx.metrics
-                .runs_created
-                .with_label_values(&[target.provider.as_str(), reason.as_str()])
-                .inc();
-            tracing::info!(run.id = %run_id, commit = %commit_sha, trigger = %reason, "run created");
-            Ok(1)
+    /// Records one run through the shared transaction; 1 when it is new (counted and
+    /// logged), 0 when it already existed. Plan-only runs never auto-apply, whatever
+    /// the workspace says (`create_vcs_run` enforces it).
+    async fn record(
+        &self,
+        conn: &mut AsyncPgConnection,
+        commit_sha: &CommitSha,
+        trigger: VcsTrigger,
+        archive: &StoredArchive,
+    ) -> Result<usize, Stop> {
+        let reason = match &trigger {
+            VcsTrigger::Push { .. } => TriggerReason::Push,
+            VcsTrigger::PullRequest { .. } => TriggerReason::PullRequest,
+        };
+        let new = NewVcsRun {
+            workspace_id: &self.workspace.id,
+            settings_generation: self.workspace.vcs_settings_generation,
+            commit_sha,
+            trigger,
+            working_directory: &self.directory,
+            auto_apply: self.workspace.auto_apply,
+            archive,
+        };
+        match create_vcs_run(conn, new).await? {
+            RunCreation::Created { run_id, .. } => {
+                self.ctx
+                    .metrics
+                    .runs_created
+                    .with_label_values(&[self.provider.as_str(), reason.as_str()])
+                    .inc();
+                tracing::info!(run.id = %run_id, commit = %commit_sha, trigger = %reason, "run created");
+                Ok(1)
+            }
+            RunCreation::AlreadyExists => Ok(0),
+            RunCreation::Superseded => Err(Stop::Superseded),
         }
-        RunCreation::AlreadyExists | RunCreation::HeadMoved => Ok(0),
     }
-}
 
-/// Returns how many runs were created. A problem with one PR is pushed onto `errors`
-/// and the others are still planned; a problem reaching the repository stops the poll.
-async fn check_workspace(
-    ctx: &PollContext,
-    cache: &CycleCache,
-    conn: &mut diesel_async::AsyncPgConnection,
-    workspace: &Workspace,
-    connection: &VcsConnection,
-    errors: &mut Vec<String>,
-) -> Result<usize, Stop> {
-    let client = client_for(
-        cache,
-        &ctx.vcs,
-        connection,
-        ctx.settings.encryption.as_ref(),
-    )
-    .await
-    .map_err(vcs_stop)?;
-    let repo = RepoUrl::parse(connection.provider, &workspace.vcs_repo_url)
-        .map_err(|err| Stop::Vcs(err.to_string()))?;
-    let target = Target {
-        cache,
-        client,
-        connection: connection.id.to_string(),
-        provider: connection.provider,
-        repo,
-        directory: WorkingDirectory::parse(&workspace.working_directory).unwrap_or_default(),
-        limits: ArchiveLimits {
-            max_archive_bytes: ctx.settings.vcs.max_archive_bytes,
-            max_unpacked_bytes: ctx.settings.vcs.max_unpacked_bytes,
-        },
-    };
-    let branch = if workspace.vcs_branch.is_empty() {
-        target.default_branch().await.map_err(vcs_stop)?
-    } else {
-        workspace.vcs_branch.clone()
-    };
-    let branch_name = BranchName::parse(&branch).map_err(|err| Stop::Vcs(err.to_string()))?;
-    let mut created = 0;
+    /// The branch head and the open PRs/MRs. A problem with one PR is reported and the
+    /// others are still planned; a problem reaching the repository stops the poll.
+    async fn check(
+        &self,
+        conn: &mut AsyncPgConnection,
+        report: &mut PollReport,
+    ) -> Result<(), Stop> {
+        let stop = |report: &mut PollReport, err: Arc<VcsError>| {
+            report.problems.push(PollProblem::Provider(err));
+            Stop::Problem
+        };
+        let branch = if self.workspace.vcs_branch.is_empty() {
+            self.default_branch()
+                .await
+                .map_err(|err| stop(report, err))?
+        } else {
+            self.workspace.vcs_branch.clone()
+        };
+        let branch_name = BranchName::parse(&branch).map_err(|err| {
+            report.problems.push(PollProblem::Settings(err.to_string()));
+            Stop::Problem
+        })?;
 
-    let head = target.head(&branch).await.map_err(vcs_stop)?;
-    if workspace.vcs_last_commit_sha.as_deref() != Some(head.sha.as_str()) {
-        match target.archive(&head.sha).await {
-            // The SHA is not advanced: the next poll downloads again; nothing is lost.
-            Err(err) => errors.push(err.to_string()),
-            Ok(repacked) => {
-                let trigger = VcsTrigger::Push {
-                    branch: branch_name.clone(),
-                    commit_title: head.title.clone(),
-                    previous_sha: workspace.vcs_last_commit_sha.clone(),
-                };
-                created +=
-                    record(ctx, conn, workspace, &target, &head.sha, trigger, &repacked).await?;
+        let head = self.head(&branch).await.map_err(|err| stop(report, err))?;
+        if self.workspace.vcs_last_commit_sha.as_deref() != Some(head.sha.as_str()) {
+            match archives::archive_for(self, conn, &head.sha).await? {
+                // The SHA is not advanced: the next poll tries again; nothing is lost.
+                Err(err) => report.problems.push(PollProblem::Provider(err)),
+                Ok(archive) => {
+                    let trigger = VcsTrigger::Push {
+                        branch: branch_name.clone(),
+                        commit_title: head.title.clone(),
+                        previous_sha: self.workspace.vcs_last_commit_sha.clone(),
+                    };
+                    report.runs_created += self.record(conn, &head.sha, trigger, &archive).await?;
+                }
             }
         }
-    }
 
-    let pulls = target.pulls(&branch).await.map_err(vcs_stop)?;
-    for pull in pulls.iter() {
-        if pull.from_fork {
-            // Fork code would run with the workspace's credentials.
-            continue;
-        }
-        if store::pull_request_run_exists(conn, &workspace.id, pull.number, pull.head_sha.as_str())
-            .await?
-        {
-            continue;
-        }
-        let repacked = match target.archive(&pull.head_sha).await {
-            Ok(repacked) => repacked,
-            Err(err) => {
-                errors.push(format!("PR #{}: {err}", pull.number));
+        let pulls = self.pulls(&branch).await.map_err(|err| stop(report, err))?;
+        for pull in pulls.iter() {
+            if pull.from_fork {
+                // Fork code would run with the workspace's credentials.
                 continue;
             }
-        };
-        let trigger = VcsTrigger::PullRequest {
-            number: pull.number,
-            head_ref: pull.head_ref.clone(),
-            title: pull.title.clone(),
-        };
-        created += record(
-            ctx,
-            conn,
-            workspace,
-            &target,
-            &pull.head_sha,
-            trigger,
-            &repacked,
-        )
-        .await?;
+            if store::pull_request_run_exists(
+                conn,
+                &self.workspace.id,
+                pull.number,
+                pull.head_sha.as_str(),
+            )
+            .await?
+            {
+                continue;
+            }
+            let archive = match archives::archive_for(self, conn, &pull.head_sha).await? {
+                Ok(archive) => archive,
+                Err(error) => {
+                    report.problems.push(PollProblem::PullRequest {
+                        number: pull.number,
+                        error,
+                    });
+                    continue;
+                }
+            };
+            let trigger = VcsTrigger::PullRequest {
+                number: pull.number,
+                head_ref: pull.head_ref.clone(),
+                title: pull.title.clone(),
+            };
+            report.runs_created += self.record(conn, &pull.head_sha, trigger, &archive).await?;
+        }
+        Ok(())
     }
-    Ok(created)
 }

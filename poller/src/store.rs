@@ -1,16 +1,23 @@
 //! The poller's reads and writes of workspaces. Every statement is short; none is
 //! held open across a provider call.
 
+use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{Bool, Double, Integer, Text};
+use diesel::sql_types::{BigInt, Bool, Double, Nullable, Text, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use terrapod_shared::archives::StoredArchive;
 use terrapod_shared::db::models::{VcsConnection, Workspace};
-use terrapod_shared::db::schema::{runs, vcs_connections, workspaces};
-use terrapod_shared::domain::TriggerReason;
-use terrapod_shared::ids::WorkspaceId;
+use terrapod_shared::db::schema::{
+    commit_archives, configuration_archives, runs, vcs_connections, workspaces,
+};
+use terrapod_shared::domain::{CommitSha, Provider, TriggerReason};
+use terrapod_shared::ids::{VcsConnectionId, WorkspaceId};
+use terrapod_shared::vcs::ArchiveLimits;
 
-/// Advisory-lock namespace of workspace polls (the first key of the two-key form).
-const LOCK_NAMESPACE: i32 = 0x7470;
+use crate::cache::RepoKey;
+
+/// Seed of the 64-bit advisory-lock keys of workspace polls.
+const LOCK_SEED: i64 = 0x7470;
 /// The longest error kept in `vcs-last-error`.
 const MAX_ERROR_CHARS: usize = 500;
 
@@ -21,68 +28,113 @@ struct Locked {
 }
 
 #[derive(QueryableByName)]
-struct Claimed {
-    #[diesel(sql_type = Text)]
-    id: String,
+struct Now {
+    #[diesel(sql_type = Timestamptz)]
+    now: DateTime<Utc>,
 }
 
-/// Takes the workspace's session-level advisory lock if it is free.
+/// A workspace claimed by the schedule.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct Claimed {
+    #[diesel(sql_type = Text)]
+    pub id: WorkspaceId,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub connection_id: Option<VcsConnectionId>,
+    #[diesel(sql_type = Text)]
+    pub repo_path: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub provider: Option<Provider>,
+    /// How long after it was due the workspace was claimed.
+    #[diesel(sql_type = Double)]
+    pub lag_seconds: f64,
+}
+
+/// The database's clock: a cycle's start, as claims judge it.
+pub async fn database_now(conn: &mut AsyncPgConnection) -> QueryResult<DateTime<Utc>> {
+    diesel::sql_query("SELECT now() AS now")
+        .get_result::<Now>(conn)
+        .await
+        .map(|row| row.now)
+}
+
+/// Takes the workspace's session-level advisory lock (a 64-bit key: 32-bit hashes
+/// collide once there are tens of thousands of workspaces) if it is free.
 pub async fn try_lock(conn: &mut AsyncPgConnection, workspace: &WorkspaceId) -> QueryResult<bool> {
-    diesel::sql_query("SELECT pg_try_advisory_lock($1, hashtext($2)) AS locked")
-        .bind::<Integer, _>(LOCK_NAMESPACE)
+    diesel::sql_query("SELECT pg_try_advisory_lock(hashtextextended($1, $2)) AS locked")
         .bind::<Text, _>(workspace.as_str())
+        .bind::<BigInt, _>(LOCK_SEED)
         .get_result::<Locked>(conn)
         .await
         .map(|row| row.locked)
 }
 
 pub async fn unlock(conn: &mut AsyncPgConnection, workspace: &WorkspaceId) -> QueryResult<bool> {
-    diesel::sql_query("SELECT pg_advisory_unlock($1, hashtext($2)) AS locked")
-        .bind::<Integer, _>(LOCK_NAMESPACE)
+    diesel::sql_query("SELECT pg_advisory_unlock(hashtextextended($1, $2)) AS locked")
         .bind::<Text, _>(workspace.as_str())
+        .bind::<BigInt, _>(LOCK_SEED)
         .get_result::<Locked>(conn)
         .await
         .map(|row| row.locked)
 }
 
-/// Claims up to `limit` linked workspaces with no poll attempt within `interval`,
-/// marking the attempt now (`vcs_last_attempt_at` is the same for a whole batch, so
-/// the batch stays grouped by repository next interval too). `SKIP LOCKED` lets replicas claim side by side without
-/// waiting for, or taking, each other's rows.
+/// Claims up to `limit` linked workspaces that were due at `as_of` (no poll attempt
+/// within the interval before it), marking the attempt now. A cycle passes its start
+/// as `as_of`, so workspaces that fall due again while it runs wait for the next one.
+/// `vcs_last_attempt_at` is the same for a whole batch, so the batch stays grouped by
+/// repository next interval too. `SKIP LOCKED` lets replicas claim side by side.
 pub async fn claim_due(
     conn: &mut AsyncPgConnection,
+    as_of: DateTime<Utc>,
     interval_seconds: f64,
     limit: i64,
-) -> QueryResult<Vec<WorkspaceId>> {
-    let claimed: Vec<Claimed> = diesel::sql_query(
-        "UPDATE workspaces SET vcs_last_attempt_at = now()
-         WHERE id IN (
-             SELECT id FROM workspaces
+) -> QueryResult<Vec<Claimed>> {
+    diesel::sql_query(
+        "WITH due AS (
+             SELECT id, vcs_last_attempt_at AS previous FROM workspaces
              WHERE vcs_repo_url <> ''
-               AND (vcs_last_attempt_at IS NULL OR vcs_last_attempt_at <= now() - make_interval(secs => $1))
-             -- Oldest first; a repository's workspaces together, so one replica's cycle
-             -- cache serves them all instead of each replica fetching the same archive.
+               AND created_at <= $1
+               AND (vcs_last_attempt_at IS NULL
+                    OR vcs_last_attempt_at <= $1 - make_interval(secs => $2))
+             -- Oldest first; a repository's workspaces together, so one replica polls
+             -- them one after another from one set of provider answers.
              ORDER BY vcs_last_attempt_at NULLS FIRST, vcs_connection_id, vcs_repo_path
-             LIMIT $2
+             LIMIT $3
              FOR UPDATE SKIP LOCKED)
-         RETURNING id",
+         UPDATE workspaces w SET vcs_last_attempt_at = now()
+         FROM due WHERE w.id = due.id
+         RETURNING w.id, w.vcs_connection_id AS connection_id, w.vcs_repo_path AS repo_path,
+             (SELECT c.provider FROM vcs_connections c WHERE c.id = w.vcs_connection_id) AS provider,
+             coalesce(greatest(0, extract(epoch FROM now() - due.previous) - $2), 0)::float8
+                 AS lag_seconds",
     )
+    .bind::<Timestamptz, _>(as_of)
     .bind::<Double, _>(interval_seconds)
-    .bind::<diesel::sql_types::BigInt, _>(limit)
+    .bind::<BigInt, _>(limit)
     .load(conn)
-    .await?;
-    Ok(claimed
-        .into_iter()
-        .filter_map(|row| WorkspaceId::parse(&row.id).ok())
-        .collect())
+    .await
 }
 
+/// A message poll: marks the attempt (so the schedule does not poll it again at once).
 pub async fn mark_attempt(
     conn: &mut AsyncPgConnection,
     workspace: &WorkspaceId,
 ) -> QueryResult<()> {
     diesel::update(workspaces::table.find(workspace))
         .set(workspaces::vcs_last_attempt_at.eq(diesel::dsl::now))
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+/// A poller took the workspace's queued poll message: a request arriving from now on
+/// queues another one (the poll about to start may read the provider before it).
+pub async fn clear_poll_queued(
+    conn: &mut AsyncPgConnection,
+    workspace: &WorkspaceId,
+) -> QueryResult<()> {
+    diesel::update(workspaces::table.find(workspace))
+        .filter(workspaces::vcs_poll_queued_at.is_not_null())
+        .set(workspaces::vcs_poll_queued_at.eq(None::<DateTime<Utc>>))
         .execute(conn)
         .await
         .map(drop)
@@ -102,35 +154,51 @@ pub async fn load(
         .optional()
 }
 
+/// Records a successful poll, unless the settings changed since `generation` (then
+/// the result belongs to settings that no longer exist). False when not recorded.
 pub async fn record_success(
     conn: &mut AsyncPgConnection,
     workspace: &WorkspaceId,
-) -> QueryResult<()> {
+    generation: i64,
+) -> QueryResult<bool> {
     diesel::update(workspaces::table.find(workspace))
+        .filter(workspaces::vcs_settings_generation.eq(generation))
         .set((
             workspaces::vcs_last_polled_at.eq(diesel::dsl::now),
             workspaces::vcs_last_error.eq(None::<String>),
-            workspaces::vcs_last_error_at.eq(None::<chrono::DateTime<chrono::Utc>>),
+            workspaces::vcs_last_error_at.eq(None::<DateTime<Utc>>),
         ))
         .execute(conn)
         .await
-        .map(drop)
+        .map(|updated| updated == 1)
 }
 
+/// Records a failed poll's reason (cut short), like [`record_success`].
 pub async fn record_error(
     conn: &mut AsyncPgConnection,
     workspace: &WorkspaceId,
+    generation: i64,
     error: &str,
-) -> QueryResult<()> {
-    let short: String = error.chars().take(MAX_ERROR_CHARS).collect();
+) -> QueryResult<bool> {
     diesel::update(workspaces::table.find(workspace))
+        .filter(workspaces::vcs_settings_generation.eq(generation))
         .set((
-            workspaces::vcs_last_error.eq(short),
+            workspaces::vcs_last_error.eq(short_error(error)),
             workspaces::vcs_last_error_at.eq(diesel::dsl::now),
         ))
         .execute(conn)
         .await
-        .map(drop)
+        .map(|updated| updated == 1)
+}
+
+/// At most [`MAX_ERROR_CHARS`] characters, marked when cut.
+pub fn short_error(error: &str) -> String {
+    if error.chars().count() <= MAX_ERROR_CHARS {
+        return error.to_owned();
+    }
+    let mut short: String = error.chars().take(MAX_ERROR_CHARS - 1).collect();
+    short.push('…');
+    short
 }
 
 /// True when this PR head already has its speculative run, so nothing is downloaded.
@@ -149,4 +217,125 @@ pub async fn pull_request_run_exists(
     ))
     .get_result(conn)
     .await
+}
+
+/// What is known of a commit's archive.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Remembered {
+    Stored(StoredArchive),
+    /// Refused under the limits it was tried with.
+    Refused {
+        reason: String,
+        limits: ArchiveLimits,
+    },
+}
+
+pub async fn remembered_archive(
+    conn: &mut AsyncPgConnection,
+    repo: &RepoKey,
+    sha: &CommitSha,
+) -> QueryResult<Option<Remembered>> {
+    type Row = (
+        Option<String>,
+        Option<i64>,
+        Option<String>,
+        Option<i64>,
+        Option<i64>,
+    );
+    let row: Option<Row> = commit_archives::table
+        .left_join(configuration_archives::table)
+        .filter(commit_archives::connection_id.eq(&repo.connection))
+        .filter(commit_archives::repo_path.eq(&repo.repo_path))
+        .filter(commit_archives::commit_sha.eq(sha.as_str()))
+        .select((
+            commit_archives::archive_sha256,
+            configuration_archives::size.nullable(),
+            commit_archives::refusal,
+            commit_archives::refused_max_archive_bytes,
+            commit_archives::refused_max_unpacked_bytes,
+        ))
+        .first(conn)
+        .await
+        .optional()?;
+    Ok(
+        row.and_then(|(sha256, size, refusal, max_archive, max_unpacked)| {
+            match (sha256, size, refusal) {
+                (Some(sha256), Some(size), _) => {
+                    Some(Remembered::Stored(StoredArchive { sha256, size }))
+                }
+                (_, _, Some(reason)) => Some(Remembered::Refused {
+                    reason,
+                    limits: ArchiveLimits {
+                        max_archive_bytes: max_archive.unwrap_or(0).max(0) as u64,
+                        max_unpacked_bytes: max_unpacked.unwrap_or(0).max(0) as u64,
+                    },
+                }),
+                _ => None,
+            }
+        }),
+    )
+}
+
+/// Remembers where a commit's archive is stored (any replica reuses it).
+pub async fn remember_archive(
+    conn: &mut AsyncPgConnection,
+    repo: &RepoKey,
+    sha: &CommitSha,
+    archive: &StoredArchive,
+) -> QueryResult<()> {
+    diesel::insert_into(commit_archives::table)
+        .values((
+            commit_archives::connection_id.eq(&repo.connection),
+            commit_archives::repo_path.eq(&repo.repo_path),
+            commit_archives::commit_sha.eq(sha.as_str()),
+            commit_archives::archive_sha256.eq(&archive.sha256),
+        ))
+        .on_conflict((
+            commit_archives::connection_id,
+            commit_archives::repo_path,
+            commit_archives::commit_sha,
+        ))
+        .do_update()
+        .set((
+            commit_archives::archive_sha256.eq(&archive.sha256),
+            commit_archives::refusal.eq(None::<String>),
+            commit_archives::refused_max_archive_bytes.eq(None::<i64>),
+            commit_archives::refused_max_unpacked_bytes.eq(None::<i64>),
+        ))
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+/// Remembers that a commit's archive was refused under `limits`.
+pub async fn remember_refusal(
+    conn: &mut AsyncPgConnection,
+    repo: &RepoKey,
+    sha: &CommitSha,
+    reason: &str,
+    limits: ArchiveLimits,
+) -> QueryResult<()> {
+    let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    let values = (
+        commit_archives::refusal.eq(short_error(reason)),
+        commit_archives::refused_max_archive_bytes.eq(as_i64(limits.max_archive_bytes)),
+        commit_archives::refused_max_unpacked_bytes.eq(as_i64(limits.max_unpacked_bytes)),
+    );
+    diesel::insert_into(commit_archives::table)
+        .values((
+            commit_archives::connection_id.eq(&repo.connection),
+            commit_archives::repo_path.eq(&repo.repo_path),
+            commit_archives::commit_sha.eq(sha.as_str()),
+            values.clone(),
+        ))
+        .on_conflict((
+            commit_archives::connection_id,
+            commit_archives::repo_path,
+            commit_archives::commit_sha,
+        ))
+        .do_update()
+        .set((values, commit_archives::archive_sha256.eq(None::<String>)))
+        .execute(conn)
+        .await
+        .map(drop)
 }

@@ -46,6 +46,10 @@ pub struct VcsSettings {
     pub gitlab_webhook_secret: Option<SecretString>,
     pub max_archive_bytes: u64,
     pub max_unpacked_bytes: u64,
+    /// Requests per 60 s to one GitHub App installation, shared by all replicas.
+    pub github_requests_per_minute: u32,
+    /// Requests per 60 s with one GitLab token on one server, shared by all replicas.
+    pub gitlab_requests_per_minute: u32,
 }
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/terrapod";
@@ -103,6 +107,10 @@ impl Settings {
                 reason: "expected an http:// or https:// URL".into(),
             })?;
         let concurrency: usize = env.parsed("TERRAPOD_POLLER__CONCURRENCY", 8)?;
+        let github_requests_per_minute =
+            env.positive("TERRAPOD_VCS__GITHUB__REQUESTS_PER_MINUTE", 800)?;
+        let gitlab_requests_per_minute =
+            env.positive("TERRAPOD_VCS__GITLAB__REQUESTS_PER_MINUTE", 1500)?;
         Ok(Settings {
             database_url,
             amqp_url,
@@ -131,6 +139,8 @@ impl Settings {
                 max_archive_bytes: env.parsed("TERRAPOD_VCS__MAX_ARCHIVE_BYTES", 104_857_600)?,
                 max_unpacked_bytes: env
                     .parsed("TERRAPOD_VCS__MAX_UNPACKED_BYTES", 1_073_741_824)?,
+                github_requests_per_minute,
+                gitlab_requests_per_minute,
             },
             bootstrap_token: env
                 .non_empty("TERRAPOD_AUTH__BOOTSTRAP_TOKEN")
@@ -162,6 +172,18 @@ impl Env<'_> {
                 reason: format!("cannot parse `{}`: {err}", raw.trim()),
             }),
         }
+    }
+
+    /// A whole number of at least 1.
+    fn positive(&self, variable: &'static str, default: u32) -> Result<u32, ConfigError> {
+        let value: u32 = self.parsed(variable, default)?;
+        if value == 0 {
+            return Err(ConfigError {
+                variable,
+                reason: "must be at least 1".into(),
+            });
+        }
+        Ok(value)
     }
 
     /// URLs may carry passwords, so the value itself is never echoed in an error.
@@ -215,6 +237,8 @@ mod tests {
         assert!(settings.vcs.enabled);
         assert_eq!(settings.vcs.max_archive_bytes, 104_857_600);
         assert_eq!(settings.vcs.max_unpacked_bytes, 1_073_741_824);
+        assert_eq!(settings.vcs.github_requests_per_minute, 800);
+        assert_eq!(settings.vcs.gitlab_requests_per_minute, 1500);
         assert!(settings.encryption.is_none());
         assert_eq!(settings.external_url.as_str(), "http://localhost:8080/");
     }
@@ -235,6 +259,8 @@ mod tests {
             ("TERRAPOD_LOG__FORMAT", "xml"),
             ("TERRAPOD_EXTERNAL_URL", "ftp://x"),
             ("TERRAPOD_VCS__MAX_ARCHIVE_BYTES", "-1"),
+            ("TERRAPOD_VCS__GITHUB__REQUESTS_PER_MINUTE", "0"),
+            ("TERRAPOD_VCS__GITLAB__REQUESTS_PER_MINUTE", "lots"),
         ] {
             let err = settings(&[(variable, value)]).unwrap_err();
             assert_eq!(err.variable, variable, "{value}");

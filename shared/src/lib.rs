@@ -2,6 +2,7 @@
 //! models, the credential key ring, prefixed ids, the parsed domain values and the one
 //! function that records a VCS-triggered run.
 
+pub mod archives;
 pub mod config;
 pub mod crypto;
 pub mod db;

@@ -180,8 +180,13 @@ impl Publisher {
         Ok((connection, channel))
     }
 
-    /// Publishes `message` persistently and waits for the broker's confirm.
-    pub async fn publish(&self, message: &PollMessage) -> Result<(), QueueError> {
+    /// Publishes `message` persistently and waits for the broker's confirm. A webhook's
+    /// delivery id travels as the AMQP `message_id`, so the poll's logs name it.
+    pub async fn publish(
+        &self,
+        message: &PollMessage,
+        message_id: Option<&str>,
+    ) -> Result<(), QueueError> {
         let payload = serde_json::to_vec(message).expect("poll messages serialise");
         let attempt = async {
             let mut state = self.state.lock().await;
@@ -199,7 +204,10 @@ impl Publisher {
                         POLL_QUEUE.into(),
                         BasicPublishOptions::default(),
                         &payload,
-                        BasicProperties::default()
+                        message_id
+                            .map_or_else(BasicProperties::default, |id| {
+                                BasicProperties::default().with_message_id(id.into())
+                            })
                             .with_delivery_mode(2)
                             .with_content_type("application/json".into()),
                     )

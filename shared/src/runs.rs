@@ -2,44 +2,22 @@
 //! runs. Everything happens in one short transaction, and the database's unique
 //! indexes — not this code path — make a duplicate run impossible, so any number of
 //! poller replicas and redelivered messages can call it at once.
+//!
+//! The poll that calls it read the workspace's settings generation; the run is only
+//! recorded while that generation is current, so a poll of the old repository that is
+//! still in flight when a PATCH changes it records nothing.
 
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use ring::digest;
 
-use crate::db::schema::{configuration_archives, configuration_versions, runs, workspaces};
+use crate::archives::StoredArchive;
+use crate::db::schema::{configuration_versions, runs, workspaces};
 use crate::domain::{BranchName, CommitSha, RunStatus, TriggerReason, WorkingDirectory};
 use crate::ids::{ConfigurationVersionId, RunId, WorkspaceId};
 
 /// Titles are for people; an absurdly long one is cut rather than stored whole.
 const MAX_TITLE_CHARS: usize = 200;
-
-/// A repository tree packed as a gzip tarball, addressed by its SHA-256.
-#[derive(Debug)]
-pub struct RepoSnapshot {
-    tarball: Vec<u8>,
-    sha256: String,
-}
-
-impl RepoSnapshot {
-    pub fn new(tarball: Vec<u8>) -> Self {
-        let sha256 = hex::encode(digest::digest(&digest::SHA256, &tarball));
-        RepoSnapshot { tarball, sha256 }
-    }
-
-    pub fn sha256(&self) -> &str {
-        &self.sha256
-    }
-
-    pub fn tarball(&self) -> &[u8] {
-        &self.tarball
-    }
-
-    pub fn size(&self) -> i64 {
-        i64::try_from(self.tarball.len()).unwrap_or(i64::MAX)
-    }
-}
 
 /// Why the run is created.
 pub enum VcsTrigger {
@@ -60,12 +38,15 @@ pub enum VcsTrigger {
 
 pub struct NewVcsRun<'a> {
     pub workspace_id: &'a WorkspaceId,
+    /// The workspace's `vcs_settings_generation` the poll read.
+    pub settings_generation: i64,
     pub commit_sha: &'a CommitSha,
     pub trigger: VcsTrigger,
     pub working_directory: &'a WorkingDirectory,
     /// The workspace's `auto-apply`; ignored for pull requests, which never apply.
     pub auto_apply: bool,
-    pub snapshot: &'a RepoSnapshot,
+    /// The repository at `commit_sha`, already stored.
+    pub archive: &'a StoredArchive,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,13 +59,14 @@ pub enum RunCreation {
     /// push, the workspace's last SHA was still advanced to it.
     AlreadyExists,
     /// The workspace's last SHA is no longer `previous_sha` (another replica recorded
-    /// a newer head, or a user changed the repository); nothing was written.
-    HeadMoved,
+    /// a newer head), or its VCS settings changed since the poll read them; nothing
+    /// was written.
+    Superseded,
 }
 
 enum Abort {
     Duplicate,
-    HeadMoved,
+    Superseded,
     Database(DieselError),
 }
 
@@ -150,8 +132,8 @@ fn truncate(text: &str) -> String {
     }
 }
 
-/// Stores the snapshot, the configuration version and the run, and (for a push)
-/// advances the workspace's last SHA with a compare-and-set — all or nothing.
+/// Stores the configuration version and the run, and (for a push) advances the
+/// workspace's last SHA with a compare-and-set — all or nothing.
 pub async fn create_vcs_run(
     conn: &mut AsyncPgConnection,
     new: NewVcsRun<'_>,
@@ -162,7 +144,7 @@ pub async fn create_vcs_run(
     match outcome {
         Ok(created) => Ok(created),
         Err(Abort::Duplicate) => Ok(RunCreation::AlreadyExists),
-        Err(Abort::HeadMoved) => Ok(RunCreation::HeadMoved),
+        Err(Abort::Superseded) => Ok(RunCreation::Superseded),
         Err(Abort::Database(err)) => Err(err),
     }
 }
@@ -179,6 +161,7 @@ async fn record(conn: &mut AsyncPgConnection, new: &NewVcsRun<'_>) -> Result<Run
             // the existence check below sees any run committed before us.
             let advanced = diesel::update(workspaces::table)
                 .filter(workspaces::id.eq(new.workspace_id))
+                .filter(workspaces::vcs_settings_generation.eq(new.settings_generation))
                 .filter(
                     workspaces::vcs_last_commit_sha.is_not_distinct_from(previous_sha.as_deref()),
                 )
@@ -186,7 +169,7 @@ async fn record(conn: &mut AsyncPgConnection, new: &NewVcsRun<'_>) -> Result<Run
                 .execute(conn)
                 .await?;
             if advanced == 0 {
-                return Err(Abort::HeadMoved);
+                return Err(Abort::Superseded);
             }
             let exists: bool = diesel::select(diesel::dsl::exists(
                 runs::table
@@ -212,16 +195,6 @@ async fn record(conn: &mut AsyncPgConnection, new: &NewVcsRun<'_>) -> Result<Run
         ),
     };
 
-    diesel::insert_into(configuration_archives::table)
-        .values((
-            configuration_archives::sha256.eq(new.snapshot.sha256()),
-            configuration_archives::size.eq(new.snapshot.size()),
-            configuration_archives::data.eq(&new.snapshot.tarball),
-        ))
-        .on_conflict_do_nothing()
-        .execute(conn)
-        .await?;
-
     let configuration_version_id = ConfigurationVersionId::generate();
     diesel::insert_into(configuration_versions::table)
         .values((
@@ -232,8 +205,8 @@ async fn record(conn: &mut AsyncPgConnection, new: &NewVcsRun<'_>) -> Result<Run
             configuration_versions::vcs_branch.eq(&branch),
             configuration_versions::vcs_pull_request_number.eq(pull_request_number),
             configuration_versions::working_directory.eq(new.working_directory.as_str()),
-            configuration_versions::archive_sha256.eq(new.snapshot.sha256()),
-            configuration_versions::size.eq(new.snapshot.size()),
+            configuration_versions::archive_sha256.eq(&new.archive.sha256),
+            configuration_versions::size.eq(new.archive.size),
         ))
         .execute(conn)
         .await?;
@@ -256,10 +229,15 @@ async fn record(conn: &mut AsyncPgConnection, new: &NewVcsRun<'_>) -> Result<Run
         .execute(conn)
         .await?;
 
-    diesel::update(workspaces::table.filter(workspaces::id.eq(new.workspace_id)))
+    // For a pull request this is also the settings check (a push made it above).
+    let counted = diesel::update(workspaces::table.filter(workspaces::id.eq(new.workspace_id)))
+        .filter(workspaces::vcs_settings_generation.eq(new.settings_generation))
         .set(workspaces::run_count.eq(workspaces::run_count + 1))
         .execute(conn)
         .await?;
+    if counted == 0 {
+        return Err(Abort::Superseded);
+    }
 
     if let Some(number) = pull_request_number {
         // A new head supersedes the PR's older plans that have not started.
@@ -323,15 +301,5 @@ mod tests {
         let message = run_message(&sha(), &trigger);
         assert!(message.starts_with("Speculative plan for PR #42: xxx"));
         assert!(message.chars().count() < 240);
-    }
-
-    #[test]
-    fn snapshots_are_addressed_by_sha256() {
-        let snapshot = RepoSnapshot::new(b"abc".to_vec());
-        assert_eq!(
-            snapshot.sha256(),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
-        assert_eq!(snapshot.size(), 3);
     }
 }

@@ -8,6 +8,7 @@ use terrapod_shared::domain::Provider;
 use terrapod_shared::vcs::github::GitHubClient;
 use terrapod_shared::vcs::gitlab::GitLabClient;
 use terrapod_shared::vcs::http::{RetryPolicy, VcsHttp};
+use terrapod_shared::vcs::Priority;
 use terrapod_shared::vcs::{
     ArchiveError, ArchiveLimits, RepoUrl, VcsError, VcsProvider, VcsShared,
 };
@@ -42,6 +43,7 @@ async fn github_world() -> (Simulator, GitHubClient) {
         42,
         7,
         &SecretString::from(GITHUB_APP_TEST_KEY),
+        Priority::Requested,
     )
     .unwrap();
     (sim, client)
@@ -50,7 +52,12 @@ async fn github_world() -> (Simulator, GitHubClient) {
 async fn gitlab_world() -> (Simulator, GitLabClient) {
     let sim = Simulator::start().await.unwrap();
     sim.add_gitlab_token("glpat-test", None);
-    let client = GitLabClient::new(shared(), sim.url(), SecretString::from("glpat-test"));
+    let client = GitLabClient::new(
+        shared(),
+        sim.url(),
+        SecretString::from("glpat-test"),
+        Priority::Requested,
+    );
     (sim, client)
 }
 
@@ -135,6 +142,7 @@ async fn an_installation_without_access_sees_nothing() {
         42,
         8,
         &SecretString::from(GITHUB_APP_TEST_KEY),
+        Priority::Requested,
     )
     .unwrap();
     let err = github
@@ -148,6 +156,7 @@ async fn an_installation_without_access_sees_nothing() {
         99,
         8,
         &SecretString::from(GITHUB_APP_TEST_KEY),
+        Priority::Requested,
     )
     .unwrap();
     let err = wrong_app.check_credentials().await.unwrap_err();
@@ -359,7 +368,9 @@ async fn archives_repack_to_exactly_the_commits_tree() {
         )
         .await
         .unwrap();
-    let mut unpacked = tar::Archive::new(flate2::read::GzDecoder::new(repacked.snapshot.tarball()));
+    let mut unpacked = tar::Archive::new(flate2::read::GzDecoder::new(
+        std::fs::File::open(repacked.snapshot.path()).unwrap(),
+    ));
     let mut seen: Vec<(String, Vec<u8>)> = Vec::new();
     for entry in unpacked.entries().unwrap() {
         let mut entry = entry.unwrap();
@@ -510,14 +521,24 @@ async fn gitlab_reads_nested_groups_merge_requests_and_archives() {
 async fn gitlab_rejects_bad_tokens_and_unknown_projects() {
     let (sim, _) = gitlab_world().await;
     sim.create_repo(Kind::Gitlab, "group/project", &[("main.tf", "")]);
-    let bad = GitLabClient::new(shared(), sim.url(), SecretString::from("wrong"));
+    let bad = GitLabClient::new(
+        shared(),
+        sim.url(),
+        SecretString::from("wrong"),
+        Priority::Requested,
+    );
     let err = bad
         .default_branch(&gitlab_repo("group/project"))
         .await
         .unwrap_err();
     assert!(matches!(err, VcsError::Unauthorized { .. }), "{err}");
     assert!(!err.to_string().contains("wrong"));
-    let good = GitLabClient::new(shared(), sim.url(), SecretString::from("glpat-test"));
+    let good = GitLabClient::new(
+        shared(),
+        sim.url(),
+        SecretString::from("glpat-test"),
+        Priority::Requested,
+    );
     let err = good
         .default_branch(&gitlab_repo("group/missing"))
         .await
@@ -554,8 +575,12 @@ async fn slow_providers_time_out_instead_of_hanging() {
         None,
         Duration::from_millis(200),
     ));
-    let gitlab_impatient =
-        GitLabClient::new(impatient, sim.url(), SecretString::from("glpat-test"));
+    let gitlab_impatient = GitLabClient::new(
+        impatient,
+        sim.url(),
+        SecretString::from("glpat-test"),
+        Priority::Requested,
+    );
     sim.inject_fault(Fault {
         latency_ms: Some(2_000),
         ..Fault {
@@ -648,6 +673,7 @@ async fn github_enterprise_is_reached_through_the_server_url() {
         42,
         7,
         &SecretString::from(GITHUB_APP_TEST_KEY),
+        Priority::Requested,
     )
     .unwrap();
     // The URL's host is not used to pick the API: the connection's server URL is.

@@ -12,6 +12,7 @@ use serde_json::Value;
 use terrapod_shared::domain::{CommitSha, Provider};
 use terrapod_shared::vcs::github::{next_link, GitHubClient};
 use terrapod_shared::vcs::http::{RetryPolicy, VcsHttp};
+use terrapod_shared::vcs::Priority;
 use terrapod_shared::vcs::{ArchiveLimits, RepoUrl, VcsProvider, VcsShared};
 use terrapod_test_support::GITHUB_APP_TEST_KEY;
 
@@ -147,6 +148,7 @@ fn client(base: &str) -> GitHubClient {
         1,
         1,
         &SecretString::from(GITHUB_APP_TEST_KEY),
+        Priority::Requested,
     )
     .unwrap()
 }
@@ -192,7 +194,9 @@ async fn a_recorded_github_tarball_and_its_redirect_repack_to_its_tree() {
         .download_archive(&repo, &CommitSha::parse(sha).unwrap(), limits)
         .await
         .unwrap();
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(repacked.snapshot.tarball()));
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(
+        std::fs::File::open(repacked.snapshot.path()).unwrap(),
+    ));
     let names: Vec<String> = archive
         .entries()
         .unwrap()

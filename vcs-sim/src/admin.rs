@@ -9,7 +9,7 @@ use serde_json::{json, Map, Value};
 
 use crate::ops::{self, FileSpec, NewPull, PullUpdate};
 use crate::server::Context;
-use crate::state::{Fault, Kind, SimError, WebhookTarget};
+use crate::state::{Fault, Kind, Latency, SecondaryLimits, SimError, WebhookTarget};
 
 fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, SimError> {
     serde_json::from_slice(body).map_err(|err| SimError::Invalid(err.to_string()))
@@ -147,6 +147,24 @@ async fn route(method: &Method, path: &str, body: &[u8], ctx: &Context) -> Resul
                 let r: RateBody = parse(body)?;
                 ops::set_rate_limit(sim, r.provider, r.remaining, r.reset_in_seconds);
                 return Ok(json!({}));
+            }
+            ("POST", "latency") => {
+                sim.latency = parse::<Latency>(body)?;
+                return Ok(json!(sim.latency));
+            }
+            ("POST", "github/secondary-limits") => {
+                sim.secondary_limits = parse::<Option<SecondaryLimits>>(body)?;
+                return Ok(json!(sim.secondary_limits));
+            }
+            ("GET", usage)
+                if usage.starts_with("github/installations/") && usage.ends_with("/usage") =>
+            {
+                let id = usage
+                    .trim_start_matches("github/installations/")
+                    .trim_end_matches("/usage")
+                    .parse::<i64>()
+                    .map_err(|_| SimError::Invalid("installation ids are numbers".into()))?;
+                return Ok(json!(ops::installation_usage(sim, id)));
             }
             ("POST", "faults") => {
                 ops::inject_fault(sim, parse::<Fault>(body)?);

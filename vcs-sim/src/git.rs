@@ -12,6 +12,15 @@ pub struct GitError {
     stderr: String,
 }
 
+impl GitError {
+    pub fn new(command: &str, stderr: String) -> Self {
+        GitError {
+            command: command.to_owned(),
+            stderr,
+        }
+    }
+}
+
 /// A file to write in a commit: content and git mode (`100644`, `100755`, `120000`).
 #[derive(Clone, Debug)]
 pub struct FileChange {

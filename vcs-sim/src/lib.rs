@@ -20,7 +20,10 @@ use actix_web::{web, App, HttpServer};
 
 pub use ops::{Event, FileSpec, NewPull, PullUpdate};
 use server::Context;
-pub use state::{Fault, Kind, PullState, Sim, SimError, Stats, WebhookTarget};
+pub use state::{
+    Fault, Kind, Latency, PullState, SecondaryLimits, Sim, SimError, Stats, UsageReport,
+    WebhookTarget,
+};
 
 pub struct Simulator {
     ctx: web::Data<Context>,
@@ -195,6 +198,23 @@ impl Simulator {
 
     pub fn inject_fault(&self, fault: Fault) {
         ops::inject_fault(&mut self.sim(), fault);
+    }
+
+    /// Every provider answer takes `fixed_ms` plus up to `jitter_ms` from now on.
+    pub fn set_latency(&self, fixed_ms: u64, jitter_ms: u64) {
+        self.sim().latency = Latency {
+            fixed_ms,
+            jitter_ms,
+        };
+    }
+
+    /// GitHub's secondary limits per installation (`None` turns them off).
+    pub fn set_secondary_limits(&self, limits: Option<SecondaryLimits>) {
+        self.sim().secondary_limits = limits;
+    }
+
+    pub fn installation_usage(&self, installation: i64) -> UsageReport {
+        ops::installation_usage(&self.sim(), installation)
     }
 
     pub fn revoke_github_tokens(&self) {

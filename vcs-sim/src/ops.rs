@@ -9,7 +9,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::git::FileChange;
-use crate::state::{key, Fault, Installation, Kind, Pull, PullState, Sim, SimError, WebhookTarget};
+use crate::state::{
+    key, Fault, Installation, Kind, Pull, PullState, Sim, SimError, UsageReport, WebhookTarget,
+};
 
 /// A webhook to send: event name and payload, per provider conventions.
 #[derive(Clone, Debug)]
@@ -101,6 +103,16 @@ pub fn set_rate_limit(sim: &mut Sim, kind: Kind, remaining: u64, reset_in_second
     rate.limit = rate.limit.max(remaining);
     rate.remaining = remaining;
     rate.reset_at = Utc::now() + chrono::Duration::seconds(reset_in_seconds);
+}
+
+/// An installation's traffic so far, judged over the secondary limits' window.
+pub fn installation_usage(sim: &Sim, installation: i64) -> UsageReport {
+    let window =
+        std::time::Duration::from_secs(sim.secondary_limits.unwrap_or_default().window_seconds);
+    sim.usage
+        .get(&installation)
+        .map(|usage| usage.report(window))
+        .unwrap_or_default()
 }
 
 pub fn inject_fault(sim: &mut Sim, fault: Fault) {

@@ -2,6 +2,7 @@
 //! `/api/v4`, downloads under `/_codeload`, and the admin API under `/_admin`.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use actix_web::http::{Method, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
@@ -74,6 +75,16 @@ pub async fn dispatch(req: HttpRequest, body: web::Bytes, ctx: web::Data<Context
         sim.faults.retain(|f| f.count > 0);
         fault
     };
+    // GitHub's secondary limits, per installation, before anything else is done.
+    let _in_flight = match admit_installation_request(&req, kind, &path, &ctx) {
+        Ok(guard) => guard,
+        Err(refused) => return *refused,
+    };
+    let latency = ctx.sim.lock().expect("sim lock").latency;
+    if latency.fixed_ms > 0 || latency.jitter_ms > 0 {
+        let jitter = random_below(latency.jitter_ms + 1);
+        tokio::time::sleep(Duration::from_millis(latency.fixed_ms + jitter)).await;
+    }
     if let Some(fault) = &fault {
         if let Some(latency) = fault.latency() {
             tokio::time::sleep(latency).await;
@@ -83,12 +94,95 @@ pub async fn dispatch(req: HttpRequest, body: web::Bytes, ctx: web::Data<Context
         }
     }
     if let Some(rest) = path.strip_prefix("/_codeload/") {
-        return codeload(rest, &ctx);
+        return codeload(rest, &ctx).await;
     }
     match kind {
-        Kind::Gitlab => gitlab(&req, &path["/api/v4/".len()..], &ctx),
+        Kind::Gitlab => match gitlab(&req, &path["/api/v4/".len()..], &ctx) {
+            Answer::Ready(response) => response,
+            Answer::Archive(kind, full, sha) => archive_response(&ctx, kind, &full, &sha).await,
+        },
         Kind::Github => github(&req, &path[1..], &ctx),
     }
+}
+
+/// A response, or an archive still to be made (outside the simulator's lock).
+enum Answer {
+    Ready(HttpResponse),
+    Archive(Kind, String, String),
+}
+
+impl From<HttpResponse> for Answer {
+    fn from(response: HttpResponse) -> Self {
+        Answer::Ready(response)
+    }
+}
+
+/// Counts an installation's request in flight until dropped.
+struct InFlight {
+    sim: Shared,
+    installation: i64,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Ok(mut sim) = self.sim.lock() {
+            if let Some(usage) = sim.usage.get_mut(&self.installation) {
+                usage.in_flight = usage.in_flight.saturating_sub(1);
+            }
+        }
+    }
+}
+
+/// Applies GitHub's secondary limits to requests made with an installation token:
+/// over the points of the window or the concurrent requests, GitHub answers 403 with
+/// `Retry-After`, as documented.
+fn admit_installation_request(
+    req: &HttpRequest,
+    kind: Kind,
+    path: &str,
+    ctx: &Context,
+) -> Result<Option<InFlight>, Box<HttpResponse>> {
+    if kind != Kind::Github || path.starts_with("/_codeload/") {
+        return Ok(None);
+    }
+    let mut sim = ctx.sim.lock().expect("sim lock");
+    let (Some(limits), Some(installation)) = (sim.secondary_limits, github_installation(req, &sim))
+    else {
+        return Ok(None);
+    };
+    let points = if matches!(*req.method(), Method::GET | Method::HEAD) {
+        1
+    } else {
+        5
+    };
+    if sim
+        .usage
+        .entry(installation)
+        .or_default()
+        .admit(&limits, points)
+    {
+        return Ok(Some(InFlight {
+            sim: ctx.sim.clone(),
+            installation,
+        }));
+    }
+    sim.stats(Kind::Github).secondary_limited += 1;
+    Err(Box::new(HttpResponse::Forbidden()
+        .insert_header(("Retry-After", limits.window_seconds.to_string()))
+        .json(json!({
+            "message": "You have exceeded a secondary rate limit. Please wait a few minutes before you try again. If you reach out to GitHub Support for help, please include the request ID.",
+            "documentation_url": "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api#about-secondary-rate-limits",
+            "status": "403",
+        }))))
+}
+
+fn random_below(bound: u64) -> u64 {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 8];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .expect("random");
+    u64::from_le_bytes(bytes) % bound.max(1)
 }
 
 fn injected(kind: Kind, fault: &Fault, status: u16, ctx: &Context) -> HttpResponse {
@@ -518,7 +612,7 @@ fn encode(value: &str) -> String {
     percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
-fn codeload(rest: &str, ctx: &Context) -> HttpResponse {
+async fn codeload(rest: &str, ctx: &Context) -> HttpResponse {
     let segments: Vec<String> = rest.split('/').map(decode).collect();
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
     let (kind, path, sha) = match segments.as_slice() {
@@ -527,10 +621,10 @@ fn codeload(rest: &str, ctx: &Context) -> HttpResponse {
         }
         _ => return HttpResponse::NotFound().finish(),
     };
-    archive_response(ctx, kind, &path, &sha)
+    archive_response(ctx, kind, &path, &sha).await
 }
 
-fn archive_response(ctx: &Context, kind: Kind, path: &str, sha: &str) -> HttpResponse {
+async fn archive_response(ctx: &Context, kind: Kind, path: &str, sha: &str) -> HttpResponse {
     let (git, prefix) = {
         let mut sim = ctx.sim.lock().expect("sim lock");
         let Ok(repo) = sim.repo(kind, path) else {
@@ -553,8 +647,14 @@ fn archive_response(ctx: &Context, kind: Kind, path: &str, sha: &str) -> HttpRes
         sim.stats(kind).archives += 1;
         (git, prefix)
     };
-    // Outside the lock: `git archive` takes a while and other requests need not wait.
-    match git.archive(sha, &prefix) {
+    // Outside the lock and off the workers: `git archive` takes a while and other
+    // requests need not wait.
+    let sha = sha.to_owned();
+    let prefix_for_git = prefix.clone();
+    let archived = tokio::task::spawn_blocking(move || git.archive(&sha, &prefix_for_git))
+        .await
+        .unwrap_or_else(|err| Err(crate::git::GitError::new("archive", err.to_string())));
+    match archived {
         Ok(bytes) => HttpResponse::Ok()
             .content_type("application/x-gzip")
             .insert_header((
@@ -577,9 +677,9 @@ fn gitlab_project<'a>(sim: &'a Sim, id: &str) -> Option<&'a Repo> {
     }
 }
 
-fn gitlab(req: &HttpRequest, path: &str, ctx: &Context) -> HttpResponse {
+fn gitlab(req: &HttpRequest, path: &str, ctx: &Context) -> Answer {
     if req.method() != Method::GET {
-        return gitlab_error(StatusCode::NOT_FOUND, "404 Not Found");
+        return gitlab_error(StatusCode::NOT_FOUND, "404 Not Found").into();
     }
     let segments: Vec<String> = path.split('/').map(decode).collect();
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
@@ -590,10 +690,10 @@ fn gitlab(req: &HttpRequest, path: &str, ctx: &Context) -> HttpResponse {
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let Some(scope) = token.and_then(|t| sim.gitlab_tokens.get(&t).cloned()) else {
-        return gitlab_error(StatusCode::UNAUTHORIZED, "401 Unauthorized");
+        return gitlab_error(StatusCode::UNAUTHORIZED, "401 Unauthorized").into();
     };
     if let Some(limited) = rate_exhausted(&mut sim, Kind::Gitlab) {
-        return limited;
+        return limited.into();
     }
     let base = ctx.base_url.as_str();
     let not_found =
@@ -601,17 +701,17 @@ fn gitlab(req: &HttpRequest, path: &str, ctx: &Context) -> HttpResponse {
     match segments.as_slice() {
         ["user"] => {
             let value = render::gitlab_user(base);
-            conditional_json(req, &mut sim, Kind::Gitlab, &value, HttpResponse::Ok())
+            conditional_json(req, &mut sim, Kind::Gitlab, &value, HttpResponse::Ok()).into()
         }
         ["projects", id, rest @ ..] => {
             let Some(repo) = gitlab_project(&sim, id) else {
-                return not_found("Project");
+                return not_found("Project").into();
             };
             if scope
                 .as_ref()
                 .is_some_and(|s| !s.contains(&repo.full_path().to_ascii_lowercase()))
             {
-                return not_found("Project");
+                return not_found("Project").into();
             }
             let full = repo.full_path();
             let value = match rest {
@@ -619,24 +719,25 @@ fn gitlab(req: &HttpRequest, path: &str, ctx: &Context) -> HttpResponse {
                 ["repository", "branches", branch] => {
                     let Some(commit) = repo.branches.get(*branch).and_then(|sha| repo.commit(sha))
                     else {
-                        return not_found("Branch");
+                        return not_found("Branch").into();
                     };
                     render::gitlab_branch(base, repo, branch, commit)
                 }
-                ["merge_requests"] => return gitlab_merge_requests(req, &mut sim, &full, base),
+                ["merge_requests"] => {
+                    return gitlab_merge_requests(req, &mut sim, &full, base).into()
+                }
                 ["repository", "archive.tar.gz"] | ["repository", "archive"] => {
                     let reference =
                         param(&query(req), "sha").unwrap_or_else(|| repo.default_branch.clone());
                     let sha = repo.branches.get(&reference).cloned().unwrap_or(reference);
                     sim.stats(Kind::Gitlab).counted += 1;
-                    drop(sim);
-                    return archive_response(ctx, Kind::Gitlab, &full, &sha);
+                    return Answer::Archive(Kind::Gitlab, full, sha);
                 }
-                _ => return not_found(""),
+                _ => return not_found("").into(),
             };
-            conditional_json(req, &mut sim, Kind::Gitlab, &value, HttpResponse::Ok())
+            conditional_json(req, &mut sim, Kind::Gitlab, &value, HttpResponse::Ok()).into()
         }
-        _ => not_found(""),
+        _ => not_found("").into(),
     }
 }
 

@@ -1,9 +1,9 @@
 //! The simulator's world: repositories, pull/merge requests, GitHub Apps and their
 //! installations, GitLab tokens, rate limits, injected faults and request counters.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use jsonwebtoken::DecodingKey;
@@ -166,6 +166,109 @@ pub struct Stats {
     pub tokens_minted: u64,
     pub archives: u64,
     pub errors: u64,
+    /// Requests refused for GitHub's secondary rate limits (403 with `Retry-After`).
+    pub secondary_limited: u64,
+}
+
+/// Answer times added to every provider request: `fixed_ms` plus up to `jitter_ms`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize)]
+pub struct Latency {
+    #[serde(default)]
+    pub fixed_ms: u64,
+    #[serde(default)]
+    pub jitter_ms: u64,
+}
+
+/// GitHub's secondary rate limits, per App installation: points (a GET is one, a
+/// write five, 304s included) in any `window_seconds`, and requests at once.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize)]
+pub struct SecondaryLimits {
+    pub points_per_window: u64,
+    pub concurrent: u64,
+    #[serde(default = "sixty")]
+    pub window_seconds: u64,
+}
+
+fn sixty() -> u64 {
+    60
+}
+
+impl Default for SecondaryLimits {
+    /// What GitHub documents: 900 points a minute, 100 concurrent requests.
+    fn default() -> Self {
+        SecondaryLimits {
+            points_per_window: 900,
+            concurrent: 100,
+            window_seconds: 60,
+        }
+    }
+}
+
+/// One installation's traffic, as the secondary limits see it.
+#[derive(Default)]
+pub struct InstallationUsage {
+    /// Points granted within the current window.
+    pub recent: VecDeque<(Instant, u64)>,
+    pub in_flight: u64,
+    /// Every granted request (bounded), for reports.
+    pub history: VecDeque<(Instant, u64)>,
+    pub max_in_flight: u64,
+}
+
+/// What an installation's traffic looked like, worst case.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct UsageReport {
+    pub requests: u64,
+    /// The most points granted within any window of the configured length.
+    pub max_points_in_window: u64,
+    pub max_concurrent: u64,
+}
+
+/// Requests kept per installation for [`UsageReport`]s.
+const HISTORY: usize = 500_000;
+
+impl InstallationUsage {
+    /// Grants `points` now unless that breaks `limits`.
+    pub fn admit(&mut self, limits: &SecondaryLimits, points: u64) -> bool {
+        let now = Instant::now();
+        let window = Duration::from_secs(limits.window_seconds);
+        while self
+            .recent
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) >= window)
+        {
+            self.recent.pop_front();
+        }
+        let used: u64 = self.recent.iter().map(|(_, p)| p).sum();
+        if used + points > limits.points_per_window || self.in_flight + 1 > limits.concurrent {
+            return false;
+        }
+        self.recent.push_back((now, points));
+        if self.history.len() == HISTORY {
+            self.history.pop_front();
+        }
+        self.history.push_back((now, points));
+        self.in_flight += 1;
+        self.max_in_flight = self.max_in_flight.max(self.in_flight);
+        true
+    }
+
+    pub fn report(&self, window: Duration) -> UsageReport {
+        let (mut max, mut sum, mut start) = (0, 0, 0);
+        for (at, points) in &self.history {
+            sum += points;
+            while at.duration_since(self.history[start].0) >= window {
+                sum -= self.history[start].1;
+                start += 1;
+            }
+            max = max.max(sum);
+        }
+        UsageReport {
+            requests: self.history.len() as u64,
+            max_points_in_window: max,
+            max_concurrent: self.max_in_flight,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -188,6 +291,10 @@ pub struct Sim {
     pub faults: Vec<Fault>,
     pub stats: HashMap<Kind, Stats>,
     pub webhooks: Vec<WebhookTarget>,
+    pub latency: Latency,
+    /// `None`: no secondary limits (GitHub always has them; tests may turn them off).
+    pub secondary_limits: Option<SecondaryLimits>,
+    pub usage: HashMap<i64, InstallationUsage>,
 }
 
 pub fn key(kind: Kind, path: &str) -> (Kind, String) {
@@ -209,6 +316,9 @@ impl Sim {
             faults: Vec::new(),
             stats: HashMap::new(),
             webhooks: Vec::new(),
+            latency: Latency::default(),
+            secondary_limits: Some(SecondaryLimits::default()),
+            usage: HashMap::new(),
         }
     }
 

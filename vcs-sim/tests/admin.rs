@@ -208,3 +208,142 @@ async fn the_admin_api_builds_a_world_and_webhooks_arrive_signed() {
         .collect();
     assert_eq!(names, vec![("run.sh", "100755"), ("vpc.tf", "100644")]);
 }
+
+/// Mints an installation token straight from the simulator, as a GitHub App would.
+async fn installation_token(sim: &Simulator, client: &reqwest::Client) -> String {
+    let claims = json!({"iat": chrono::Utc::now().timestamp() - 60, "exp": chrono::Utc::now().timestamp() + 300, "iss": "42"});
+    let jwt = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_rsa_pem(
+            terrapod_test_support::GITHUB_APP_TEST_KEY.as_bytes(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let minted: Value = client
+        .post(format!("{}/app/installations/7/access_tokens", sim.url()))
+        .bearer_auth(jwt)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    minted["token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_take_the_configured_latency() {
+    let sim = Simulator::start().await.unwrap();
+    sim.add_github_app(42, terrapod_test_support::GITHUB_APP_TEST_PUBLIC_KEY);
+    sim.add_installation(7, 42, "acme", None);
+    sim.create_repo(
+        terrapod_vcs_sim::Kind::Github,
+        "acme/infra",
+        &[("main.tf", "")],
+    );
+    let client = reqwest::Client::new();
+    let token = installation_token(&sim, &client).await;
+    let set: Value = client
+        .post(format!("{}/_admin/latency", sim.url()))
+        .json(&json!({"fixed_ms": 150, "jitter_ms": 100}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(set, json!({"fixed_ms": 150, "jitter_ms": 100}));
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        let response = client
+            .get(format!("{}/repos/acme/infra", sim.url()))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        let took = started.elapsed();
+        assert_eq!(response.status(), 200);
+        assert!(
+            took >= std::time::Duration::from_millis(150)
+                && took < std::time::Duration::from_millis(600),
+            "{took:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn githubs_secondary_limits_answer_403_with_retry_after_per_installation() {
+    let sim = Simulator::start().await.unwrap();
+    sim.add_github_app(42, terrapod_test_support::GITHUB_APP_TEST_PUBLIC_KEY);
+    sim.add_installation(7, 42, "acme", None);
+    sim.create_repo(
+        terrapod_vcs_sim::Kind::Github,
+        "acme/infra",
+        &[("main.tf", "")],
+    );
+    let client = reqwest::Client::new();
+    let token = installation_token(&sim, &client).await;
+    let limits: Value = client
+        .post(format!("{}/_admin/github/secondary-limits", sim.url()))
+        .json(&json!({"points_per_window": 5, "concurrent": 2, "window_seconds": 60}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(limits["points_per_window"], 5);
+    let get = || {
+        client
+            .get(format!("{}/repos/acme/infra/branches/main", sim.url()))
+            .bearer_auth(&token)
+            .send()
+    };
+    for _ in 0..5 {
+        assert_eq!(get().await.unwrap().status(), 200);
+    }
+    let refused = get().await.unwrap();
+    assert_eq!(refused.status(), 403);
+    assert_eq!(refused.headers()["retry-after"], "60");
+    let body: Value = refused.json().await.unwrap();
+    assert!(body["message"]
+        .as_str()
+        .unwrap()
+        .contains("secondary rate limit"));
+    let usage: Value = client
+        .get(format!("{}/_admin/github/installations/7/usage", sim.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(usage["max_points_in_window"], 5);
+    assert_eq!(usage["requests"], 5);
+    assert_eq!(
+        sim.stats(terrapod_vcs_sim::Kind::Github).secondary_limited,
+        1
+    );
+
+    // Concurrency: with two requests in flight (slowed down), a third is refused.
+    sim.set_secondary_limits(Some(terrapod_vcs_sim::SecondaryLimits {
+        points_per_window: 1000,
+        concurrent: 2,
+        window_seconds: 60,
+    }));
+    sim.set_latency(700, 0);
+    let (a, b, c) = tokio::join!(get(), get(), async {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        get().await
+    });
+    let mut statuses = vec![
+        a.unwrap().status().as_u16(),
+        b.unwrap().status().as_u16(),
+        c.unwrap().status().as_u16(),
+    ];
+    statuses.sort();
+    assert_eq!(statuses, vec![200, 200, 403]);
+    assert_eq!(sim.installation_usage(7).max_concurrent, 2);
+}

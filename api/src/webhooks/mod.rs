@@ -161,30 +161,36 @@ fn outcome_response(outcome: &str) -> HttpResponse {
     }
 }
 
-/// Queues one poll per matching workspace, once per delivery id.
+/// Queues one poll per matching workspace, once per delivery id. No database
+/// connection is held while publishing.
 async fn accept(
     state: &AppState,
     provider: Provider,
     delivery_id: Option<&str>,
     delivery: &Delivery,
 ) -> Result<&'static str, ApiError> {
-    let mut conn = state.pool.get().await?;
     let delivery_id = delivery_id
         .map(str::trim)
         .filter(|id| !id.is_empty() && id.len() <= 200);
-    if let Some(id) = delivery_id {
-        if !service::claim_delivery(&mut conn, provider, id).await? {
-            return Ok("duplicate");
+    let workspaces = {
+        let mut conn = state.pool.get().await?;
+        if let Some(id) = delivery_id {
+            if !service::claim_delivery(&mut conn, provider, id).await? {
+                return Ok("duplicate");
+            }
         }
-    }
-    let workspaces = if delivery.may_have_new_commit {
-        service::matching_workspaces(&mut conn, provider, delivery).await?
-    } else {
-        Vec::new()
+        if delivery.may_have_new_commit {
+            service::matching_workspaces(&mut conn, provider, delivery).await?
+        } else {
+            Vec::new()
+        }
     };
-    if let Err(err) = crate::polls::queue(state, &workspaces, PollReason::Webhook).await {
+    if let Err(err) =
+        crate::polls::queue(state, &workspaces, PollReason::Webhook, delivery_id).await
+    {
         if let Some(id) = delivery_id {
             // Let a redelivery try again.
+            let mut conn = state.pool.get().await?;
             let _ = service::release_delivery(&mut conn, provider, id).await;
         }
         return Err(err);

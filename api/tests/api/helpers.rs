@@ -123,6 +123,28 @@ impl TestApp {
             .await
     }
 
+    /// A poller's context for this app's database, `amqp_url` and poll `interval`.
+    pub fn poller_context(
+        &self,
+        amqp_url: &str,
+        interval: &str,
+    ) -> std::sync::Arc<terrapod_poller::poll::PollContext> {
+        let env: Vec<(&str, String)> = vec![
+            ("TERRAPOD_DATABASE__URL", self.db.url().to_owned()),
+            ("TERRAPOD_AMQP__URL", amqp_url.to_owned()),
+            (
+                "TERRAPOD_ENCRYPTION__KEY",
+                self.encryption_key.clone().unwrap(),
+            ),
+            ("TERRAPOD_VCS__POLL_INTERVAL_SECONDS", interval.to_owned()),
+        ];
+        let settings = Settings::from_lookup(|name| {
+            env.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone())
+        })
+        .unwrap();
+        terrapod_poller::context(settings).unwrap()
+    }
+
     pub async fn connection(&self) -> AsyncPgConnection {
         self.db.connection().await
     }
@@ -230,7 +252,8 @@ pub async fn assert_error(response: Response, status: u16) -> String {
     error["detail"].as_str().expect("detail").to_owned()
 }
 
-/// Takes every message waiting in the test's poll queue.
+/// Takes every message waiting in the test's poll queue, as a poller would: the
+/// workspaces' queued marks are cleared, so later requests queue new messages.
 pub async fn drain_poll_messages(app: &TestApp) -> Vec<terrapod_shared::queue::PollMessage> {
     use lapin::options::{BasicAckOptions, BasicGetOptions};
     let connection = terrapod_shared::queue::connect(&app.vhost.url(), "test-drain")
@@ -240,7 +263,7 @@ pub async fn drain_poll_messages(app: &TestApp) -> Vec<terrapod_shared::queue::P
     terrapod_shared::queue::declare_topology(&channel)
         .await
         .unwrap();
-    let mut messages = Vec::new();
+    let mut messages: Vec<terrapod_shared::queue::PollMessage> = Vec::new();
     while let Some(message) = channel
         .basic_get(
             terrapod_shared::queue::POLL_QUEUE.into(),
@@ -257,6 +280,14 @@ pub async fn drain_poll_messages(app: &TestApp) -> Vec<terrapod_shared::queue::P
             .unwrap();
     }
     let _ = connection.close(200, "done".into()).await;
+    let mut conn = app.connection().await;
+    for message in &messages {
+        if let Some(id) = terrapod_shared::queue::PollMessage::workspace(message) {
+            terrapod_poller::store::clear_poll_queued(&mut conn, &id)
+                .await
+                .unwrap();
+        }
+    }
     messages
 }
 
@@ -276,13 +307,17 @@ pub async fn record_push(
     previous: Option<&str>,
     tarball: &[u8],
 ) -> terrapod_shared::runs::RunCreation {
-    use terrapod_shared::runs::{create_vcs_run, NewVcsRun, RepoSnapshot, VcsTrigger};
+    use terrapod_shared::runs::{create_vcs_run, NewVcsRun, VcsTrigger};
     let mut conn = pool.get().await.unwrap();
-    let snapshot = RepoSnapshot::new(tarball.to_vec());
+    let archive = terrapod_shared::archives::store_bytes(&mut conn, tarball)
+        .await
+        .unwrap();
+    let settings_generation = generation(&mut conn, workspace).await;
     create_vcs_run(
         &mut conn,
         NewVcsRun {
             workspace_id: workspace,
+            settings_generation,
             commit_sha: commit,
             trigger: VcsTrigger::Push {
                 branch: terrapod_shared::domain::BranchName::parse("main").unwrap(),
@@ -291,7 +326,7 @@ pub async fn record_push(
             },
             working_directory: &Default::default(),
             auto_apply: true,
-            snapshot: &snapshot,
+            archive: &archive,
         },
     )
     .await
@@ -305,13 +340,20 @@ pub async fn record_pull_request(
     commit: &terrapod_shared::domain::CommitSha,
     number: i64,
 ) -> terrapod_shared::runs::RunCreation {
-    use terrapod_shared::runs::{create_vcs_run, NewVcsRun, RepoSnapshot, VcsTrigger};
+    use terrapod_shared::runs::{create_vcs_run, NewVcsRun, VcsTrigger};
     let mut conn = pool.get().await.unwrap();
-    let snapshot = RepoSnapshot::new(format!("pr {number} at {commit}").into_bytes());
+    let archive = terrapod_shared::archives::store_bytes(
+        &mut conn,
+        format!("pr {number} at {commit}").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let settings_generation = generation(&mut conn, workspace).await;
     create_vcs_run(
         &mut conn,
         NewVcsRun {
             workspace_id: workspace,
+            settings_generation,
             commit_sha: commit,
             trigger: VcsTrigger::PullRequest {
                 number,
@@ -320,9 +362,25 @@ pub async fn record_pull_request(
             },
             working_directory: &Default::default(),
             auto_apply: true,
-            snapshot: &snapshot,
+            archive: &archive,
         },
     )
     .await
     .unwrap()
+}
+
+/// The workspace's current settings generation, as a poll would read it.
+pub async fn generation(
+    conn: &mut diesel_async::AsyncPgConnection,
+    workspace: &terrapod_shared::ids::WorkspaceId,
+) -> i64 {
+    use diesel::prelude::*;
+    use diesel_async::RunQueryDsl;
+    use terrapod_shared::db::schema::workspaces;
+    workspaces::table
+        .find(workspace)
+        .select(workspaces::vcs_settings_generation)
+        .first(conn)
+        .await
+        .unwrap()
 }

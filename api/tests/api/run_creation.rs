@@ -40,7 +40,7 @@ async fn twenty_concurrent_recorders_create_one_push_run_and_advance_the_sha_onc
     for task in tasks {
         match task.await.unwrap() {
             RunCreation::Created { .. } => created += 1,
-            RunCreation::AlreadyExists | RunCreation::HeadMoved => {}
+            RunCreation::AlreadyExists | RunCreation::Superseded => {}
         }
     }
     assert_eq!(created, 1);
@@ -100,7 +100,7 @@ async fn a_stale_previous_sha_records_nothing() {
     // A replica that still believes the branch was at nothing:
     assert_eq!(
         record_push(&app.pool, &ws, &sha(2), None, b"b").await,
-        RunCreation::HeadMoved
+        RunCreation::Superseded
     );
     assert_eq!(count_runs(&app).await, 1);
     assert_eq!(last_sha(&app).await.as_deref(), Some(sha(1).as_str()));

@@ -94,20 +94,7 @@ async fn start_poller(
     amqp_url: &str,
     interval: &str,
 ) -> tokio::sync::watch::Sender<bool> {
-    let env: Vec<(&str, String)> = vec![
-        ("TERRAPOD_DATABASE__URL", app.db.url().to_owned()),
-        ("TERRAPOD_AMQP__URL", amqp_url.to_owned()),
-        (
-            "TERRAPOD_ENCRYPTION__KEY",
-            app.encryption_key.clone().unwrap(),
-        ),
-        ("TERRAPOD_VCS__POLL_INTERVAL_SECONDS", interval.to_owned()),
-    ];
-    let settings = terrapod_shared::Settings::from_lookup(|name| {
-        env.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone())
-    })
-    .unwrap();
-    let ctx = terrapod_poller::context(settings).unwrap();
+    let ctx = app.poller_context(amqp_url, interval);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     tokio::spawn(terrapod_poller::run(ctx, listener, shutdown));

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use secrecy::ExposeSecret;
 use terrapod_bench::{free_port, Measured};
+use terrapod_shared::archives;
 use terrapod_shared::domain::{BranchName, CommitSha, Role};
-use terrapod_shared::runs::{create_vcs_run, NewVcsRun, RepoSnapshot, VcsTrigger};
+use terrapod_shared::runs::{create_vcs_run, NewVcsRun, VcsTrigger};
 use terrapod_shared::{db, tokens};
 use terrapod_test_support::{TestDatabase, TestVhost};
 
@@ -54,13 +55,14 @@ async fn main() {
     )
     .await
     .unwrap();
-    let snapshot = RepoSnapshot::new(b"bench".to_vec());
+    let archive = archives::store_bytes(&mut conn, b"bench").await.unwrap();
     for n in 0..1000i64 {
         let sha = CommitSha::parse(&format!("{n:040x}")).unwrap();
         create_vcs_run(
             &mut conn,
             NewVcsRun {
                 workspace_id: &workspace,
+                settings_generation: 0,
                 commit_sha: &sha,
                 trigger: VcsTrigger::Push {
                     branch: BranchName::parse("main").unwrap(),
@@ -69,7 +71,7 @@ async fn main() {
                 },
                 working_directory: &Default::default(),
                 auto_apply: false,
-                snapshot: &snapshot,
+                archive: &archive,
             },
         )
         .await

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use terrapod_bench::{free_port, Measured};
+use terrapod_bench::{arg, free_port, Measured};
 use terrapod_shared::crypto::KeyRing;
 use terrapod_shared::db::models::{NewVcsConnection, NewWorkspace};
 use terrapod_shared::db::schema::{runs, vcs_connections, workspaces};
@@ -20,15 +20,6 @@ use terrapod_test_support::{
     TestDatabase, TestVhost, GITHUB_APP_TEST_KEY, GITHUB_APP_TEST_PUBLIC_KEY,
 };
 use terrapod_vcs_sim::{Kind, Simulator};
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 async fn count(db: &TestDatabase, query: &str) -> i64 {
     #[derive(QueryableByName)]

@@ -2,9 +2,7 @@
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use terrapod_shared::db::schema::{
-    configuration_archives, configuration_versions, vcs_connections, workspaces,
-};
+use terrapod_shared::db::schema::{configuration_versions, vcs_connections, workspaces};
 use terrapod_shared::domain::{RunStatus, TriggerReason};
 use terrapod_vcs_sim::{fault, Kind, PullState, PullUpdate};
 
@@ -62,11 +60,13 @@ async fn a_new_commit_on_the_tracked_branch_gets_exactly_one_push_run() {
 
         // The configuration version holds the repository at that commit, wrapper removed.
         let mut conn = world.db.connection().await;
-        let tarball: Vec<u8> = configuration_versions::table
-            .inner_join(configuration_archives::table)
+        let archive: String = configuration_versions::table
             .filter(configuration_versions::id.eq(&run.configuration_version_id))
-            .select(configuration_archives::data)
+            .select(configuration_versions::archive_sha256)
             .first(&mut conn)
+            .await
+            .unwrap();
+        let tarball = terrapod_shared::archives::read_all(&mut conn, &archive)
             .await
             .unwrap();
         let mut names: Vec<String> = tar::Archive::new(flate2::read::GzDecoder::new(&tarball[..]))

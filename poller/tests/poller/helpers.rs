@@ -114,6 +114,15 @@ impl World {
         terrapod_poller::context(self.settings(overrides)).unwrap()
     }
 
+    /// A context whose request budgets apply over `window` instead of 60 s.
+    pub fn context_with_window(
+        &self,
+        overrides: &[(&str, &str)],
+        window: std::time::Duration,
+    ) -> Arc<PollContext> {
+        terrapod_poller::context_with_window(self.settings(overrides), window).unwrap()
+    }
+
     pub fn connection_for(&self, kind: Kind) -> &VcsConnectionId {
         match kind {
             Kind::Github => &self.github,
@@ -190,6 +199,13 @@ impl World {
             .unwrap()
     }
 
+    /// The database's clock now.
+    pub async fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        terrapod_poller::store::database_now(&mut self.db.connection().await)
+            .await
+            .unwrap()
+    }
+
     /// Makes every workspace due now, as if the interval had passed.
     pub async fn make_all_due(&self) {
         let mut conn = self.db.connection().await;
@@ -219,10 +235,7 @@ pub fn pull(head: &str, title: &str) -> NewPull {
 
 pub fn polled(outcome: PollOutcome) -> (usize, Option<String>) {
     match outcome {
-        PollOutcome::Polled {
-            runs_created,
-            error,
-        } => (runs_created, error),
+        PollOutcome::Polled(report) => (report.runs_created, report.error_summary()),
         other => panic!("expected a poll, got {other:?}"),
     }
 }

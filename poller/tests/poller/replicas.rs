@@ -160,22 +160,32 @@ async fn due_workspaces_are_claimed_by_one_replica_once_per_interval() {
             .await;
     }
     let (mut a, mut b) = (world.db.connection().await, world.db.connection().await);
+    let now = store::database_now(&mut a).await.unwrap();
     let (first, second) = tokio::join!(
-        store::claim_due(&mut a, 60.0, 30),
-        store::claim_due(&mut b, 60.0, 30)
+        store::claim_due(&mut a, now, 60.0, 30),
+        store::claim_due(&mut b, now, 60.0, 30)
     );
-    let (first, second) = (first.unwrap(), second.unwrap());
-    let first: HashSet<_> = first.into_iter().collect();
-    let second: HashSet<_> = second.into_iter().collect();
+    let ids = |claimed: Vec<store::Claimed>| -> HashSet<_> {
+        claimed.into_iter().map(|c| c.id).collect()
+    };
+    let (first, second) = (ids(first.unwrap()), ids(second.unwrap()));
     assert!(first.is_disjoint(&second));
     assert_eq!(first.len() + second.len(), 40);
+    let now = store::database_now(&mut a).await.unwrap();
     assert!(
-        store::claim_due(&mut a, 60.0, 100)
+        store::claim_due(&mut a, now, 60.0, 100)
             .await
             .unwrap()
             .is_empty(),
         "nothing is due again within the interval"
     );
     world.make_all_due().await;
-    assert_eq!(store::claim_due(&mut a, 60.0, 100).await.unwrap().len(), 40);
+    let now = store::database_now(&mut a).await.unwrap();
+    assert_eq!(
+        store::claim_due(&mut a, now, 60.0, 100)
+            .await
+            .unwrap()
+            .len(),
+        40
+    );
 }

@@ -111,10 +111,10 @@ async fn with_the_broker_down_the_schedule_keeps_creating_runs_and_the_consumer_
     .await;
     let publisher = Publisher::new(&direct, "test");
     publisher
-        .publish(&PollMessage::new(
-            &WorkspaceId::generate(),
-            PollReason::Manual,
-        ))
+        .publish(
+            &PollMessage::new(&WorkspaceId::generate(), PollReason::Manual),
+            None,
+        )
         .await
         .unwrap();
     eventually(

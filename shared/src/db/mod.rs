@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use diesel::ConnectionError;
 use diesel_async::pooled_connection::deadpool::{BuildError, Pool};
-use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
 use diesel_async::{
     AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection,
 };
@@ -44,7 +46,37 @@ pub fn pool(
     application_name: &'static str,
     max_size: usize,
 ) -> Result<DbPool, DbSetupError> {
+    build_pool(
+        database_url,
+        application_name,
+        max_size,
+        RecyclingMethod::Verified,
+    )
+}
+
+/// Like [`pool`], for connections that take session advisory locks: a connection that
+/// comes back holding one (a panic, a cancelled task) gives it up before it is reused.
+pub fn locking_pool(
+    database_url: &str,
+    application_name: &'static str,
+    max_size: usize,
+) -> Result<DbPool, DbSetupError> {
+    build_pool(
+        database_url,
+        application_name,
+        max_size,
+        RecyclingMethod::CustomQuery("SELECT pg_advisory_unlock_all()".into()),
+    )
+}
+
+fn build_pool(
+    database_url: &str,
+    application_name: &'static str,
+    max_size: usize,
+    recycling_method: RecyclingMethod<AsyncPgConnection>,
+) -> Result<DbPool, DbSetupError> {
     let mut config = ManagerConfig::<AsyncPgConnection>::default();
+    config.recycling_method = recycling_method;
     config.custom_setup = Box::new(move |url| {
         async move {
             let mut conn = AsyncPgConnection::establish(url).await?;

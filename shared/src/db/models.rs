@@ -98,6 +98,9 @@ pub struct Workspace {
     pub vcs_last_error_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Bumped whenever the VCS settings change; polls record results only for the
+    /// generation they read.
+    pub vcs_settings_generation: i64,
 }
 
 #[derive(Insertable)]

@@ -55,6 +55,8 @@ diesel::table! {
         vcs_last_attempt_at -> Nullable<Timestamptz>,
         vcs_repo_path -> Text,
         run_count -> Int8,
+        vcs_settings_generation -> Int8,
+        vcs_poll_queued_at -> Nullable<Timestamptz>,
     }
 }
 
@@ -70,7 +72,27 @@ diesel::table! {
     configuration_archives (sha256) {
         sha256 -> Text,
         size -> Int8,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    configuration_archive_chunks (archive_sha256, seq) {
+        archive_sha256 -> Text,
+        seq -> Int4,
         data -> Bytea,
+    }
+}
+
+diesel::table! {
+    commit_archives (connection_id, repo_path, commit_sha) {
+        connection_id -> Text,
+        repo_path -> Text,
+        commit_sha -> Text,
+        archive_sha256 -> Nullable<Text>,
+        refusal -> Nullable<Text>,
+        refused_max_archive_bytes -> Nullable<Int8>,
+        refused_max_unpacked_bytes -> Nullable<Int8>,
         created_at -> Timestamptz,
     }
 }
@@ -116,6 +138,9 @@ diesel::joinable!(workspaces -> organizations (organization_name));
 diesel::joinable!(workspaces -> vcs_connections (vcs_connection_id));
 diesel::joinable!(configuration_versions -> workspaces (workspace_id));
 diesel::joinable!(configuration_versions -> configuration_archives (archive_sha256));
+diesel::joinable!(configuration_archive_chunks -> configuration_archives (archive_sha256));
+diesel::joinable!(commit_archives -> vcs_connections (connection_id));
+diesel::joinable!(commit_archives -> configuration_archives (archive_sha256));
 diesel::joinable!(runs -> workspaces (workspace_id));
 diesel::joinable!(runs -> configuration_versions (configuration_version_id));
 
@@ -125,6 +150,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     vcs_connections,
     workspaces,
     configuration_archives,
+    configuration_archive_chunks,
+    commit_archives,
     configuration_versions,
     runs,
     webhook_deliveries,

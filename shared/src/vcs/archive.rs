@@ -2,11 +2,12 @@
 //! may contain anything a hostile repository puts there; the output is the tree alone,
 //! as a deterministic gzip tarball of regular files, directories and in-tree symlinks.
 //!
-//! Memory stays bounded: the compressed input is read under `max_archive_bytes`,
-//! decompression is streamed and stops at `max_unpacked_bytes`, so a gzip bomb costs
-//! at most its compressed size plus the (bounded) output.
+//! Memory stays small whatever the archive's size: the download is streamed to a
+//! temporary file under `max_archive_bytes`, decompression is streamed from it and
+//! stops at `max_unpacked_bytes`, and the output is streamed to another temporary file
+//! (hashed on the way), so a 100 MB repository or a gzip bomb costs a few buffers.
 
-use std::io::{self, Read};
+use std::io::{self, BufReader, BufWriter, Read};
 use std::path::{Component, Path, PathBuf};
 
 use flate2::read::GzDecoder;
@@ -14,12 +15,13 @@ use flate2::write::GzEncoder;
 use flate2::Compression;
 use futures_util::StreamExt;
 use tar::{Archive, Builder, EntryType, Header};
+use tokio::io::AsyncWriteExt;
 
+use crate::archives::{HashingWriter, RepoSnapshot};
 use crate::domain::Provider;
-use crate::runs::RepoSnapshot;
 use crate::vcs::VcsError;
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ArchiveLimits {
     pub max_archive_bytes: u64,
     pub max_unpacked_bytes: u64,
@@ -37,6 +39,18 @@ pub enum ArchiveError {
     UnsafePath(String),
     #[error("the archive is not a valid gzip tarball: {0}")]
     Corrupt(String),
+    /// A refusal remembered from an earlier poll (of this or another replica).
+    #[error("{0}; not downloaded again until a TERRAPOD_VCS__MAX_* limit is raised")]
+    RefusedBefore(String),
+}
+
+impl ArchiveError {
+    /// True when the same archive under the same limits is refused again, every time:
+    /// worth remembering instead of downloading it each interval. A corrupt stream may
+    /// be a broken download and is tried again.
+    pub fn is_deterministic(&self) -> bool {
+        !matches!(self, ArchiveError::Corrupt(_))
+    }
 }
 
 /// The repacked tree and what was left out of it.
@@ -48,38 +62,50 @@ pub struct Repacked {
     pub dropped: Vec<String>,
 }
 
-/// Reads a response body, refusing more than `limit` bytes (checked against
-/// `Content-Length` first, then while streaming).
-pub async fn read_limited(
+fn transport(provider: Provider, err: reqwest::Error) -> VcsError {
+    if err.is_timeout() {
+        VcsError::Timeout { provider }
+    } else {
+        VcsError::Transport {
+            provider,
+            detail: err.without_url().to_string(),
+        }
+    }
+}
+
+fn local_io(err: io::Error) -> VcsError {
+    VcsError::Archive(ArchiveError::Corrupt(format!(
+        "cannot write a temporary file: {err}"
+    )))
+}
+
+/// Streams a response body into a temporary file, refusing more than `limit` bytes
+/// (checked against `Content-Length` first, then while streaming).
+pub async fn download_limited(
     provider: Provider,
     response: reqwest::Response,
     limit: u64,
-) -> Result<Vec<u8>, VcsError> {
+) -> Result<tempfile::NamedTempFile, VcsError> {
     if response
         .content_length()
         .is_some_and(|length| length > limit)
     {
         return Err(ArchiveError::TooLarge { limit }.into());
     }
-    let mut body = Vec::new();
+    let temp = tempfile::NamedTempFile::new().map_err(local_io)?;
+    let mut file = tokio::fs::File::from_std(temp.reopen().map_err(local_io)?);
+    let mut written: u64 = 0;
     let mut stream = response.bytes_stream();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|err| {
-            if err.is_timeout() {
-                VcsError::Timeout { provider }
-            } else {
-                VcsError::Transport {
-                    provider,
-                    detail: err.without_url().to_string(),
-                }
-            }
-        })?;
-        if body.len() as u64 + chunk.len() as u64 > limit {
+        let chunk = chunk.map_err(|err| transport(provider, err))?;
+        written += chunk.len() as u64;
+        if written > limit {
             return Err(ArchiveError::TooLarge { limit }.into());
         }
-        body.extend_from_slice(&chunk);
+        file.write_all(&chunk).await.map_err(local_io)?;
     }
-    Ok(body)
+    file.flush().await.map_err(local_io)?;
+    Ok(temp)
 }
 
 /// Counts decompressed bytes and fails once `limit` is passed.
@@ -175,9 +201,22 @@ fn symlink_stays_inside(link: &Path, target: &Path) -> bool {
     true
 }
 
-/// Repacks a provider's gzip tarball. CPU-bound: call it from a blocking thread.
-pub fn repack(compressed: &[u8], limits: ArchiveLimits) -> Result<Repacked, ArchiveError> {
-    if compressed.len() as u64 > limits.max_archive_bytes {
+/// Repacks the provider's gzip tarball in `compressed` into a new temporary file.
+/// CPU-bound: call it from a blocking thread.
+pub fn repack_file(compressed: &Path, limits: ArchiveLimits) -> Result<Repacked, ArchiveError> {
+    let file = std::fs::File::open(compressed)
+        .map_err(|err| ArchiveError::Corrupt(format!("cannot read the download: {err}")))?;
+    let length = file.metadata().map(|m| m.len()).unwrap_or(0);
+    repack(BufReader::new(file), length, limits)
+}
+
+/// Repacks a gzip tarball read from `compressed` (`length` bytes).
+pub fn repack(
+    compressed: impl Read,
+    length: u64,
+    limits: ArchiveLimits,
+) -> Result<Repacked, ArchiveError> {
+    if length > limits.max_archive_bytes {
         return Err(ArchiveError::TooLarge {
             limit: limits.max_archive_bytes,
         });
@@ -188,8 +227,12 @@ pub fn repack(compressed: &[u8], limits: ArchiveLimits) -> Result<Repacked, Arch
         read: 0,
         limit,
     };
+    let output = tempfile::NamedTempFile::new()
+        .map_err(|err| ArchiveError::Corrupt(format!("cannot create a temporary file: {err}")))?;
+    let (output_file, output_path) = output.into_parts();
+    let hashed = HashingWriter::new(BufWriter::new(output_file));
     let mut archive = Archive::new(reader);
-    let mut builder = Builder::new(GzEncoder::new(Vec::new(), Compression::default()));
+    let mut builder = Builder::new(GzEncoder::new(hashed, Compression::default()));
     builder.mode(tar::HeaderMode::Deterministic);
     let mut wrapper = None;
     let mut files = 0;
@@ -250,9 +293,13 @@ pub fn repack(compressed: &[u8], limits: ArchiveLimits) -> Result<Repacked, Arch
         }
     }
     let encoder = builder.into_inner().map_err(|err| io_error(err, limit))?;
-    let tarball = encoder.finish().map_err(|err| io_error(err, limit))?;
+    let hashed = encoder.finish().map_err(|err| io_error(err, limit))?;
+    let (buffered, sha256, size) = hashed.finish();
+    buffered
+        .into_inner()
+        .map_err(|err| io_error(err.into_error(), limit))?;
     Ok(Repacked {
-        snapshot: RepoSnapshot::new(tarball),
+        snapshot: RepoSnapshot::new(output_path, sha256, size),
         files,
         dropped,
     })
@@ -262,6 +309,10 @@ pub fn repack(compressed: &[u8], limits: ArchiveLimits) -> Result<Repacked, Arch
 mod tests {
     use super::*;
     use std::io::Write;
+
+    fn repack_bytes(input: &[u8], limits: ArchiveLimits) -> Result<Repacked, ArchiveError> {
+        repack(input, input.len() as u64, limits)
+    }
 
     const LIMITS: ArchiveLimits = ArchiveLimits {
         max_archive_bytes: 10 << 20,
@@ -332,11 +383,11 @@ mod tests {
             Item::File("acme-infra-abc1234/modules/vpc.tf", b"vpc"),
             Item::Symlink("acme-infra-abc1234/modules/link.tf", "../main.tf"),
         ]);
-        let repacked = repack(&input, LIMITS).unwrap();
+        let repacked = repack_bytes(&input, LIMITS).unwrap();
         assert_eq!(repacked.files, 2);
         assert!(repacked.dropped.is_empty());
         assert_eq!(
-            listing(repacked.snapshot.tarball()),
+            listing(&repacked.snapshot.read_all().unwrap()),
             vec![
                 ("main.tf".to_owned(), EntryType::Regular, None),
                 ("modules".to_owned(), EntryType::Directory, None),
@@ -353,8 +404,8 @@ mod tests {
     #[test]
     fn repacking_is_deterministic() {
         let input = tarball(&[Item::File("w/a.tf", b"a"), Item::File("w/b.tf", b"b")]);
-        let first = repack(&input, LIMITS).unwrap();
-        let second = repack(&input, LIMITS).unwrap();
+        let first = repack_bytes(&input, LIMITS).unwrap();
+        let second = repack_bytes(&input, LIMITS).unwrap();
         assert_eq!(first.snapshot.sha256(), second.snapshot.sha256());
     }
 
@@ -363,7 +414,10 @@ mod tests {
         for name in ["w/../../etc/passwd", "/etc/passwd", "w/a/../../../x"] {
             let input = tarball(&[Item::File("w/ok.tf", b"ok"), Item::File(name, b"evil")]);
             assert!(
-                matches!(repack(&input, LIMITS), Err(ArchiveError::UnsafePath(_))),
+                matches!(
+                    repack_bytes(&input, LIMITS),
+                    Err(ArchiveError::UnsafePath(_))
+                ),
                 "{name}"
             );
         }
@@ -380,11 +434,11 @@ mod tests {
             Item::Fifo("w/fifo"),
             Item::Symlink("w/fine", "main.tf"),
         ]);
-        let repacked = repack(&input, LIMITS).unwrap();
+        let repacked = repack_bytes(&input, LIMITS).unwrap();
         let mut dropped = repacked.dropped.clone();
         dropped.sort();
         assert_eq!(dropped, vec!["abs", "fifo", "hard", "sub/up", "up"]);
-        let names: Vec<String> = listing(repacked.snapshot.tarball())
+        let names: Vec<String> = listing(&repacked.snapshot.read_all().unwrap())
             .into_iter()
             .map(|e| e.0)
             .collect();
@@ -395,7 +449,7 @@ mod tests {
     fn entries_outside_the_wrapper_are_refused() {
         let input = tarball(&[Item::File("w/a.tf", b"a"), Item::File("other/b.tf", b"b")]);
         assert!(matches!(
-            repack(&input, LIMITS),
+            repack_bytes(&input, LIMITS),
             Err(ArchiveError::Corrupt(_))
         ));
     }
@@ -411,7 +465,7 @@ mod tests {
             max_unpacked_bytes: 8 << 20,
         };
         assert_eq!(
-            repack(&input, limits).unwrap_err(),
+            repack_bytes(&input, limits).unwrap_err(),
             ArchiveError::UnpackedTooLarge { limit: 8 << 20 }
         );
     }
@@ -424,15 +478,15 @@ mod tests {
             max_unpacked_bytes: 1 << 20,
         };
         assert_eq!(
-            repack(&input, tiny).unwrap_err(),
+            repack_bytes(&input, tiny).unwrap_err(),
             ArchiveError::TooLarge { limit: 10 }
         );
         assert!(matches!(
-            repack(b"not gzip at all", LIMITS),
+            repack_bytes(b"not gzip at all", LIMITS),
             Err(ArchiveError::Corrupt(_))
         ));
         assert!(matches!(
-            repack(&input[..input.len() / 2], LIMITS),
+            repack_bytes(&input[..input.len() / 2], LIMITS),
             Err(ArchiveError::Corrupt(_))
         ));
     }
@@ -468,8 +522,8 @@ mod tests {
                         _ => Item::HardLink(name, target),
                     })
                     .collect();
-                if let Ok(repacked) = repack(&tarball(&items), LIMITS) {
-                    for (name, kind, link) in listing(repacked.snapshot.tarball()) {
+                if let Ok(repacked) = repack_bytes(&tarball(&items), LIMITS) {
+                    for (name, kind, link) in listing(&repacked.snapshot.read_all().unwrap()) {
                         let path = Path::new(&name);
                         prop_assert!(path.components().all(|c| matches!(c, Component::Normal(_))), "{}", name);
                         prop_assert!(kind != EntryType::Link);

@@ -32,6 +32,9 @@ pub enum VcsError {
     Archive(#[from] ArchiveError),
     #[error("the connection's credentials are unusable: {0}")]
     Credentials(String),
+    /// The shared request budget could not be consulted (the database is away).
+    #[error("{0}")]
+    Budget(String),
 }
 
 fn retry_hint(after: Option<Duration>) -> String {
@@ -47,6 +50,7 @@ impl VcsError {
         matches!(
             self,
             VcsError::RateLimited { .. }
+                | VcsError::Budget(_)
                 | VcsError::Timeout { .. }
                 | VcsError::Transport { .. }
                 | VcsError::Status {

@@ -5,8 +5,7 @@
 //! shared by every workspace of the process; a 401 drops it and the call is retried
 //! once with a fresh one.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -16,10 +15,12 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::http::{status_error, JsonResponse};
+use super::budget::{BudgetKey, Priority};
+use super::http::{status_error, Endpoint, JsonResponse};
 use super::{
-    archive_download, encode_ref_path, first_line, parse_body, parse_sha, repack_blocking,
-    ArchiveLimits, BranchHead, PullRequest, Repacked, RepoUrl, VcsError, VcsProvider, VcsShared,
+    archive_download, encode_ref_path, first_line, origin_of, parse_body, parse_sha,
+    repack_blocking, sha256_hex, ArchiveLimits, BranchHead, PullRequest, Repacked, RepoUrl,
+    VcsError, VcsProvider, VcsShared,
 };
 use crate::domain::{CommitSha, Provider};
 
@@ -63,21 +64,37 @@ struct InstallationToken {
 
 type TokenSlot = Arc<tokio::sync::Mutex<Option<InstallationToken>>>;
 
-/// Installation tokens by (server, installation), one slot each so concurrent callers
-/// wait for a single mint instead of each minting their own.
-#[derive(Default)]
+/// A cached installation token belongs to the server, installation, App id and private
+/// key that minted it: a PATCH of the App id or key makes a new slot, so the next poll
+/// on any replica mints with the new credentials instead of reusing the old token.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct TokenKey {
+    server: String,
+    installation_id: i64,
+    app_id: i64,
+    key_digest: String,
+}
+
+/// Installation tokens, one slot per [`TokenKey`] so concurrent callers wait for a
+/// single mint instead of each minting their own. Bounded; idle slots expire.
 pub struct TokenCache {
-    slots: Mutex<HashMap<(String, i64), TokenSlot>>,
+    slots: moka::sync::Cache<TokenKey, TokenSlot>,
+}
+
+impl Default for TokenCache {
+    fn default() -> Self {
+        TokenCache {
+            slots: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_idle(Duration::from_secs(2 * 3600))
+                .build(),
+        }
+    }
 }
 
 impl TokenCache {
-    fn slot(&self, server: &str, installation_id: i64) -> TokenSlot {
-        self.slots
-            .lock()
-            .expect("token cache lock")
-            .entry((server.to_owned(), installation_id))
-            .or_default()
-            .clone()
+    fn slot(&self, key: &TokenKey) -> TokenSlot {
+        self.slots.get_with_by_ref(key, TokenSlot::default)
     }
 }
 
@@ -87,6 +104,8 @@ pub struct GitHubClient {
     app_id: i64,
     installation_id: i64,
     key: EncodingKey,
+    token_key: TokenKey,
+    endpoint: Endpoint,
 }
 
 #[derive(Deserialize)]
@@ -150,14 +169,30 @@ impl GitHubClient {
         app_id: i64,
         installation_id: i64,
         private_key: &SecretString,
+        priority: Priority,
     ) -> Result<Self, VcsError> {
         let key =
             EncodingKey::from_rsa_pem(private_key.expose_secret().as_bytes()).map_err(|_| {
                 VcsError::Credentials("the GitHub App private key is not an RSA PEM key".into())
             })?;
+        let server = server_url.trim_end_matches('/').to_owned();
         Ok(GitHubClient {
             shared,
-            server: server_url.trim_end_matches('/').to_owned(),
+            token_key: TokenKey {
+                server: server.clone(),
+                installation_id,
+                app_id,
+                key_digest: sha256_hex(private_key.expose_secret()),
+            },
+            endpoint: Endpoint {
+                provider: PROVIDER,
+                budget: Some(BudgetKey::github_installation(
+                    &origin_of(&server),
+                    installation_id,
+                )),
+                priority,
+            },
+            server,
             app_id,
             installation_id,
             key,
@@ -189,7 +224,7 @@ impl GitHubClient {
         );
         let http = &self.shared.http;
         let response = http
-            .send(PROVIDER, || {
+            .send(&self.endpoint, || {
                 self.with_headers(http.client().post(&url), &jwt)
             })
             .await?;
@@ -210,10 +245,7 @@ impl GitHubClient {
 
     /// The cached installation token, minted when missing or old.
     async fn installation_token(&self) -> Result<SecretString, VcsError> {
-        let slot = self
-            .shared
-            .github_tokens
-            .slot(&self.server, self.installation_id);
+        let slot = self.shared.github_tokens.slot(&self.token_key);
         let mut cached = slot.lock().await;
         if let Some(token) = cached.as_ref().filter(|t| t.reuse_until > Instant::now()) {
             return Ok(token.token.clone());
@@ -228,10 +260,7 @@ impl GitHubClient {
 
     /// Forgets `rejected` (unless another caller already replaced it).
     async fn drop_token(&self, rejected: &SecretString) {
-        let slot = self
-            .shared
-            .github_tokens
-            .slot(&self.server, self.installation_id);
+        let slot = self.shared.github_tokens.slot(&self.token_key);
         let mut cached = slot.lock().await;
         if cached
             .as_ref()
@@ -248,7 +277,7 @@ impl GitHubClient {
         loop {
             let token = self.installation_token().await?;
             let result = http
-                .get_json(PROVIDER, url, || {
+                .get_json(&self.endpoint, url, || {
                     self.with_headers(http.client().get(url), token.expose_secret())
                 })
                 .await;
@@ -381,7 +410,7 @@ impl VcsProvider for GitHubClient {
             let token = self.installation_token().await?;
             // The API redirects to a download host; reqwest drops the token there.
             let response = http
-                .send(PROVIDER, || {
+                .send(&self.endpoint, || {
                     self.with_headers(http.client().get(&url), token.expose_secret())
                         .timeout(Duration::from_secs(300))
                 })

@@ -8,10 +8,12 @@ use reqwest::RequestBuilder;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use super::http::JsonResponse;
+use super::budget::{BudgetKey, Priority};
+use super::http::{Endpoint, JsonResponse};
 use super::{
-    archive_download, encode, first_line, parse_body, parse_sha, repack_blocking, ArchiveLimits,
-    BranchHead, PullRequest, Repacked, RepoUrl, VcsError, VcsProvider, VcsShared,
+    archive_download, encode, first_line, origin_of, parse_body, parse_sha, repack_blocking,
+    sha256_hex, ArchiveLimits, BranchHead, PullRequest, Repacked, RepoUrl, VcsError, VcsProvider,
+    VcsShared,
 };
 use crate::domain::{CommitSha, Provider};
 
@@ -22,6 +24,7 @@ pub struct GitLabClient {
     shared: Arc<VcsShared>,
     api: String,
     token: SecretString,
+    endpoint: Endpoint,
 }
 
 #[derive(Deserialize)]
@@ -56,11 +59,26 @@ struct MergeRequest {
 }
 
 impl GitLabClient {
-    pub fn new(shared: Arc<VcsShared>, server_url: &str, token: SecretString) -> Self {
+    pub fn new(
+        shared: Arc<VcsShared>,
+        server_url: &str,
+        token: SecretString,
+        priority: Priority,
+    ) -> Self {
+        // The budget is named by a digest prefix: the token itself never leaves here.
+        let digest = sha256_hex(token.expose_secret());
         GitLabClient {
             shared,
             api: format!("{}/api/v4", server_url.trim_end_matches('/')),
             token,
+            endpoint: Endpoint {
+                provider: PROVIDER,
+                budget: Some(BudgetKey::gitlab_token(
+                    &origin_of(server_url),
+                    &digest[..16],
+                )),
+                priority,
+            },
         }
     }
 
@@ -75,7 +93,9 @@ impl GitLabClient {
     async fn get(&self, url: &str, what: &str) -> Result<JsonResponse, VcsError> {
         let http = &self.shared.http;
         match http
-            .get_json(PROVIDER, url, || self.with_headers(http.client().get(url)))
+            .get_json(&self.endpoint, url, || {
+                self.with_headers(http.client().get(url))
+            })
             .await
         {
             Err(VcsError::Status { status: 404, .. }) => Err(VcsError::NotFound {
@@ -181,7 +201,7 @@ impl VcsProvider for GitLabClient {
         );
         let http = &self.shared.http;
         let response = http
-            .send(PROVIDER, || {
+            .send(&self.endpoint, || {
                 self.with_headers(http.client().get(&url))
                     .timeout(Duration::from_secs(300))
             })

@@ -1,17 +1,20 @@
 //! The one HTTP client of a process, shared by every provider call: timeouts on every
-//! request, bounded retries that honour `Retry-After` and rate-limit resets, and an
-//! ETag cache so unchanged resources are answered with 304 (which GitHub does not
-//! count against the rate limit).
+//! request, the shared request budget (pacing per installation or token), bounded
+//! retries that honour `Retry-After` and rate-limit resets, and an ETag cache so
+//! unchanged resources are answered with 304 (which GitHub does not count against the
+//! primary rate limit).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use backon::{ExponentialBuilder, Retryable};
 use reqwest::header::{HeaderMap, ETAG, IF_NONE_MATCH, RETRY_AFTER};
-use reqwest::{RequestBuilder, Response, StatusCode};
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::domain::Provider;
+use crate::vcs::budget::{BudgetKey, Priority, RequestBudget};
 use crate::vcs::VcsError;
 
 /// How hard to try before giving up until the next poll cycle.
@@ -40,20 +43,30 @@ impl Default for RetryPolicy {
 /// Called once per provider response with (provider, HTTP status), for metrics.
 pub type ResponseObserver = Arc<dyn Fn(Provider, u16) + Send + Sync>;
 
+/// Who a request is for: the provider, and whose budget it spends at what priority.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    pub provider: Provider,
+    pub budget: Option<BudgetKey>,
+    pub priority: Priority,
+}
+
 struct CachedBody {
     etag: String,
     body: bytes::Bytes,
 }
 
-/// Cached bodies are small JSON documents; past this many entries the cache starts
-/// over rather than growing without bound.
-const MAX_CACHED_BODIES: usize = 50_000;
+/// Bytes of cached bodies kept (least recently used go first).
+const ETAG_CACHE_BYTES: u64 = 64 << 20;
+/// Default per-request timeout; archive downloads set their own, longer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct VcsHttp {
     client: reqwest::Client,
     retry: RetryPolicy,
-    cache: Mutex<HashMap<String, CachedBody>>,
+    etags: moka::sync::Cache<String, Arc<CachedBody>>,
     observer: Option<ResponseObserver>,
+    budget: Option<Arc<RequestBudget>>,
 }
 
 pub struct JsonResponse {
@@ -63,9 +76,27 @@ pub struct JsonResponse {
     pub not_modified: bool,
 }
 
+/// An attempt that did not produce a usable response.
+struct Failed {
+    error: VcsError,
+    /// What the provider asked us to wait, if anything.
+    wait_hint: Option<Duration>,
+    retryable: bool,
+}
+
+impl Failed {
+    fn fatal(error: VcsError) -> Self {
+        Failed {
+            error,
+            wait_hint: None,
+            retryable: false,
+        }
+    }
+}
+
 impl VcsHttp {
     pub fn new(retry: RetryPolicy, observer: Option<ResponseObserver>) -> Self {
-        Self::with_timeout(retry, observer, Duration::from_secs(30))
+        Self::with_timeout(retry, observer, REQUEST_TIMEOUT)
     }
 
     /// `request_timeout` bounds each request (archive downloads set their own, longer).
@@ -84,9 +115,23 @@ impl VcsHttp {
         VcsHttp {
             client,
             retry,
-            cache: Mutex::new(HashMap::new()),
+            etags: moka::sync::Cache::builder()
+                .weigher(|key: &String, value: &Arc<CachedBody>| {
+                    u32::try_from(key.len() + value.body.len() + value.etag.len())
+                        .unwrap_or(u32::MAX)
+                })
+                .max_capacity(ETAG_CACHE_BYTES)
+                .build(),
             observer,
+            budget: None,
         }
+    }
+
+    /// Paces every request through `budget` (the poller's; tests and one-off tools
+    /// run without one).
+    pub fn with_budget(mut self, budget: Arc<RequestBudget>) -> Self {
+        self.budget = Some(budget);
+        self
     }
 
     pub fn client(&self) -> &reqwest::Client {
@@ -98,111 +143,156 @@ impl VcsHttp {
     /// maps its status.
     pub async fn send(
         &self,
-        provider: Provider,
+        endpoint: &Endpoint,
         build: impl Fn() -> RequestBuilder,
     ) -> Result<Response, VcsError> {
-        self.send_with(provider, build, None).await
+        self.send_with(endpoint, &build, None).await
     }
 
     async fn send_with(
         &self,
-        provider: Provider,
-        build: impl Fn() -> RequestBuilder,
+        endpoint: &Endpoint,
+        build: &impl Fn() -> RequestBuilder,
         etag: Option<&str>,
     ) -> Result<Response, VcsError> {
         let deadline = Instant::now() + self.retry.total_budget;
-        let mut backoff = self.retry.base_backoff;
-        let mut attempt = 1;
-        loop {
-            let mut request = build();
-            if let Some(etag) = etag {
-                request = request.header(IF_NONE_MATCH, etag);
+        let retry = &self.retry;
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(retry.base_backoff)
+            .with_max_delay(retry.max_wait)
+            .with_max_times(retry.max_attempts.saturating_sub(1) as usize);
+        (|| self.attempt(endpoint, build, etag))
+            .retry(backoff)
+            .when(|failed: &Failed| failed.retryable)
+            .adjust(|failed, next| {
+                // `next` is None once the attempts are used up.
+                let wait = failed.wait_hint.unwrap_or(next?);
+                (wait <= retry.max_wait && Instant::now() + wait <= deadline).then_some(wait)
+            })
+            .notify(|failed, wait| {
+                tracing::debug!(provider = %endpoint.provider, wait_ms = wait.as_millis() as u64, error = %failed.error, "retrying provider request");
+            })
+            .await
+            .map_err(|failed| failed.error)
+    }
+
+    /// One request: budget first, then the request itself.
+    async fn attempt(
+        &self,
+        endpoint: &Endpoint,
+        build: &impl Fn() -> RequestBuilder,
+        etag: Option<&str>,
+    ) -> Result<Response, Failed> {
+        let provider = endpoint.provider;
+        let mut builder = build();
+        if let Some(etag) = etag {
+            builder = builder.header(IF_NONE_MATCH, etag);
+        }
+        let request = builder.build().map_err(|err| {
+            Failed::fatal(VcsError::Transport {
+                provider,
+                detail: err.without_url().to_string(),
+            })
+        })?;
+        let span = tracing::debug_span!("provider_request", %provider, method = %request.method(), path = request.url().path());
+        let lease = match (&self.budget, &endpoint.budget) {
+            (Some(budget), Some(key)) => {
+                let hold =
+                    request.timeout().copied().unwrap_or(REQUEST_TIMEOUT) + Duration::from_secs(5);
+                let cost = request_cost(provider, request.method());
+                let lease = budget
+                    .acquire(key, endpoint.priority, cost, hold)
+                    .instrument(span.clone())
+                    .await
+                    .map_err(|err| Failed::fatal(VcsError::Budget(err.to_string())))?;
+                Some(lease)
             }
-            let (error, hinted_wait) = match request.send().await {
-                Ok(response) => {
-                    let status = response.status();
-                    if let Some(observer) = &self.observer {
-                        observer(provider, status.as_u16());
-                    }
-                    if !is_retryable(&response) {
-                        return Ok(response);
-                    }
-                    let wait = wait_hint(response.headers());
-                    let error = status_error(provider, response, wait).await;
-                    (error, wait)
+            _ => None,
+        };
+        let result = self.client.execute(request).instrument(span).await;
+        if let Some(lease) = lease {
+            lease.release().await;
+        }
+        match result {
+            Ok(response) => {
+                let status = response.status();
+                if let Some(observer) = &self.observer {
+                    observer(provider, status.as_u16());
                 }
-                Err(err) if err.is_timeout() => (VcsError::Timeout { provider }, None),
-                Err(err) => (
-                    VcsError::Transport {
-                        provider,
-                        detail: err.without_url().to_string(),
-                    },
-                    None,
-                ),
-            };
-            let wait = hinted_wait.unwrap_or(backoff);
-            if attempt >= self.retry.max_attempts
-                || wait > self.retry.max_wait
-                || Instant::now() + wait > deadline
-            {
-                return Err(error);
+                if !is_retryable(&response) {
+                    return Ok(response);
+                }
+                let wait_hint = wait_hint(response.headers());
+                Err(Failed {
+                    error: status_error(provider, response, wait_hint).await,
+                    wait_hint,
+                    retryable: true,
+                })
             }
-            tracing::debug!(%provider, attempt, wait_ms = wait.as_millis() as u64, error = %error, "retrying provider request");
-            tokio::time::sleep(wait).await;
-            backoff = backoff.saturating_mul(2);
-            attempt += 1;
+            Err(err) if err.is_timeout() => Err(Failed {
+                error: VcsError::Timeout { provider },
+                wait_hint: None,
+                retryable: true,
+            }),
+            Err(err) => Err(Failed {
+                error: VcsError::Transport {
+                    provider,
+                    detail: err.without_url().to_string(),
+                },
+                wait_hint: None,
+                retryable: true,
+            }),
         }
     }
 
     /// A GET of a JSON resource, conditional on the cached ETag for `cache_key`.
     pub async fn get_json(
         &self,
-        provider: Provider,
+        endpoint: &Endpoint,
         cache_key: &str,
         build: impl Fn() -> RequestBuilder,
     ) -> Result<JsonResponse, VcsError> {
-        let cached_etag = self
-            .cache
-            .lock()
-            .expect("cache lock")
-            .get(cache_key)
-            .map(|cached| cached.etag.clone());
-        let response = self
-            .send_with(provider, build, cached_etag.as_deref())
+        let provider = endpoint.provider;
+        // Per budget (installation or token) too: another connection's answer is not ours.
+        let cache_key = match &endpoint.budget {
+            Some(budget) => format!("{} {cache_key}", budget.as_str()),
+            None => format!("{provider} {cache_key}"),
+        };
+        let cache_key = cache_key.as_str();
+        let cached = self.etags.get(cache_key);
+        let mut response = self
+            .send_with(endpoint, &build, cached.as_ref().map(|c| c.etag.as_str()))
             .await?;
-        let headers = response.headers().clone();
         if response.status() == StatusCode::NOT_MODIFIED {
-            if let Some(cached) = self.cache.lock().expect("cache lock").get(cache_key) {
-                return Ok(JsonResponse {
-                    headers,
-                    body: cached.body.clone(),
-                    not_modified: true,
-                });
+            match &cached {
+                Some(cached) => {
+                    return Ok(JsonResponse {
+                        headers: response.headers().clone(),
+                        body: cached.body.clone(),
+                        not_modified: true,
+                    })
+                }
+                // We sent no ETag, yet the provider says "not modified": ask plainly.
+                None => response = self.send_with(endpoint, &build, None).await?,
             }
-            return Err(VcsError::InvalidResponse {
-                provider,
-                detail: "304 Not Modified for a resource that is not cached".into(),
-            });
         }
         if !response.status().is_success() {
             return Err(status_error(provider, response, None).await);
         }
+        let headers = response.headers().clone();
         let body = response.bytes().await.map_err(|err| VcsError::Transport {
             provider,
             detail: err.without_url().to_string(),
         })?;
-        if let Some(etag) = headers.get(ETAG).and_then(|v| v.to_str().ok()) {
-            let mut cache = self.cache.lock().expect("cache lock");
-            if cache.len() >= MAX_CACHED_BODIES {
-                cache.clear();
-            }
-            cache.insert(
+        match headers.get(ETAG).and_then(|v| v.to_str().ok()) {
+            Some(etag) => self.etags.insert(
                 cache_key.to_owned(),
-                CachedBody {
+                Arc::new(CachedBody {
                     etag: etag.to_owned(),
                     body: body.clone(),
-                },
-            );
+                }),
+            ),
+            None => self.etags.invalidate(cache_key),
         }
         Ok(JsonResponse {
             headers,
@@ -210,13 +300,14 @@ impl VcsHttp {
             not_modified: false,
         })
     }
+}
 
-    /// Drops every cached body whose key starts with `prefix` (after a 401, say).
-    pub fn forget(&self, prefix: &str) {
-        self.cache
-            .lock()
-            .expect("cache lock")
-            .retain(|key, _| !key.starts_with(prefix));
+/// What a request costs of the budget: GitHub counts a write as five points.
+fn request_cost(provider: Provider, method: &Method) -> u32 {
+    match (provider, method) {
+        (Provider::GitHub, &Method::GET | &Method::HEAD) => 1,
+        (Provider::GitHub, _) => 5,
+        (Provider::GitLab, _) => 1,
     }
 }
 

@@ -2,6 +2,7 @@
 //! App and a GitLab implementation, repository URL parsing, and archive repacking.
 
 pub mod archive;
+pub mod budget;
 pub mod error;
 pub mod github;
 pub mod gitlab;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use secrecy::SecretString;
 
 pub use archive::{ArchiveError, ArchiveLimits, Repacked};
+pub use budget::Priority;
 pub use error::VcsError;
 pub use repo_url::RepoUrl;
 
@@ -101,11 +103,13 @@ pub enum ProviderClient {
 }
 
 impl ProviderClient {
-    /// Builds the client for a stored connection, decrypting its credential.
+    /// Builds the client for a stored connection, decrypting its credential. Its
+    /// requests spend the connection's budget at `priority`.
     pub fn for_connection(
         shared: &Arc<VcsShared>,
         connection: &VcsConnection,
         keys: Option<&KeyRing>,
+        priority: Priority,
     ) -> Result<Self, VcsError> {
         let credential = decrypt_credential(connection, keys)?;
         match connection.provider {
@@ -123,12 +127,14 @@ impl ProviderClient {
                     app_id,
                     installation_id,
                     &credential,
+                    priority,
                 )?))
             }
             Provider::GitLab => Ok(ProviderClient::GitLab(gitlab::GitLabClient::new(
                 shared.clone(),
                 &connection.server_url,
                 credential,
+                priority,
             ))),
         }
     }
@@ -205,17 +211,29 @@ pub(crate) fn encode_ref_path(value: &str) -> String {
     value.split('/').map(encode).collect::<Vec<_>>().join("/")
 }
 
-/// The compressed archive of a download response, within the size limit; 404 means
-/// the commit is unknown to the provider.
+/// The scheme, host and port of a server URL (`https://api.github.com`); the URL
+/// itself when it does not parse (the API only stores URLs that do).
+pub(crate) fn origin_of(server_url: &str) -> String {
+    url::Url::parse(server_url)
+        .map(|url| url.origin().ascii_serialization())
+        .unwrap_or_else(|_| server_url.to_owned())
+}
+
+pub(crate) fn sha256_hex(value: &str) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, value.as_bytes()).as_ref())
+}
+
+/// The compressed archive of a download response, streamed to a temporary file within
+/// the size limit; 404 means the commit is unknown to the provider.
 pub(crate) async fn archive_download(
     provider: Provider,
     response: reqwest::Response,
     repo: &RepoUrl,
     sha: &CommitSha,
     limits: ArchiveLimits,
-) -> Result<Vec<u8>, VcsError> {
+) -> Result<tempfile::NamedTempFile, VcsError> {
     match response.status().as_u16() {
-        200 => archive::read_limited(provider, response, limits.max_archive_bytes).await,
+        200 => archive::download_limited(provider, response, limits.max_archive_bytes).await,
         404 => Err(VcsError::NotFound {
             provider,
             what: format!("commit {sha} of {}", repo.full_path()),
@@ -224,12 +242,13 @@ pub(crate) async fn archive_download(
     }
 }
 
-/// Repacks off the async workers: decompression is CPU-bound.
+/// Repacks off the async workers: decompression is CPU-bound. The download's file is
+/// deleted when done.
 pub(crate) async fn repack_blocking(
-    compressed: Vec<u8>,
+    compressed: tempfile::NamedTempFile,
     limits: ArchiveLimits,
 ) -> Result<Repacked, VcsError> {
-    tokio::task::spawn_blocking(move || archive::repack(&compressed, limits))
+    tokio::task::spawn_blocking(move || archive::repack_file(compressed.path(), limits))
         .await
         .map_err(|err| {
             VcsError::Archive(ArchiveError::Corrupt(format!("repacking stopped: {err}")))

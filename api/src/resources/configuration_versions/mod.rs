@@ -4,6 +4,7 @@ pub mod service;
 pub mod view;
 
 use actix_web::{web, HttpResponse};
+use terrapod_shared::archives;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -21,18 +22,31 @@ pub async fn show(
     )))
 }
 
+/// Streams the tarball chunk by chunk (each read on a connection of its own), so a
+/// large archive never sits in the API's memory whole.
 pub async fn download(
     _caller: Caller,
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let mut conn = state.pool.get().await?;
-    let tarball = service::tarball(&mut conn, &id).await?;
+    let (sha256, size) = service::tarball(&mut *state.pool.get().await?, &id).await?;
+    let pool = state.pool.clone();
+    let chunks = futures_util::stream::try_unfold(0i32, move |seq| {
+        let (pool, sha256) = (pool.clone(), sha256.clone());
+        async move {
+            let mut conn = pool.get().await.map_err(std::io::Error::other)?;
+            let chunk = archives::chunk(&mut conn, &sha256, seq)
+                .await
+                .map_err(std::io::Error::other)?;
+            Ok::<_, std::io::Error>(chunk.map(|data| (web::Bytes::from(data), seq + 1)))
+        }
+    });
     Ok(HttpResponse::Ok()
         .content_type("application/gzip")
         .insert_header((
             "Content-Disposition",
             format!("attachment; filename=\"{id}.tar.gz\""),
         ))
-        .body(tarball))
+        .no_chunking(u64::try_from(size).unwrap_or(0))
+        .streaming(chunks))
 }

@@ -23,12 +23,13 @@ pub async fn find(
         .ok_or_else(|| ApiError::not_found("configuration version", id))
 }
 
-/// The stored tarball of a configuration version.
-pub async fn tarball(conn: &mut AsyncPgConnection, id: &str) -> Result<Vec<u8>, ApiError> {
+/// The stored tarball of a configuration version: its SHA-256 and size (the chunks
+/// are streamed by the handler).
+pub async fn tarball(conn: &mut AsyncPgConnection, id: &str) -> Result<(String, i64), ApiError> {
     configuration_versions::table
         .inner_join(configuration_archives::table)
         .filter(configuration_versions::id.eq(&parse_id(id)?))
-        .select(configuration_archives::data)
+        .select((configuration_archives::sha256, configuration_archives::size))
         .first(conn)
         .await
         .optional()?

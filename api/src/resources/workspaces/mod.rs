@@ -27,6 +27,7 @@ pub async fn create(
     let (attrs, relationships) = body.0.data.accept(KIND, None)?;
     let mut conn = state.pool.get().await?;
     let created = service::create(&mut conn, &organization, attrs, relationships).await?;
+    drop(conn);
     tracing::info!(workspace.id = %created.id, "workspace created");
     if created.vcs_connection_id.is_some() {
         crate::polls::queue_best_effort(&state, &created.id, PollReason::Linked).await;
@@ -85,6 +86,7 @@ pub async fn update(
     let (attrs, relationships) = body.0.data.accept(KIND, Some(&id))?;
     let mut conn = state.pool.get().await?;
     let updated = service::update(&mut conn, &id, attrs, relationships).await?;
+    drop(conn);
     if updated.vcs_settings_changed && updated.workspace.vcs_connection_id.is_some() {
         crate::polls::queue_best_effort(&state, &updated.workspace.id, PollReason::Linked).await;
     }
@@ -98,8 +100,7 @@ pub async fn poll_vcs(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let mut conn = state.pool.get().await?;
-    let workspace = service::find(&mut conn, &id).await?;
+    let workspace = service::find(&mut *state.pool.get().await?, &id).await?;
     if workspace.vcs_connection_id.is_none() || workspace.vcs_repo_url.is_empty() {
         return Err(ApiError::Unprocessable(
             "the workspace is not linked to a repository through a VCS connection".into(),
@@ -109,6 +110,7 @@ pub async fn poll_vcs(
         &state,
         std::slice::from_ref(&workspace.id),
         PollReason::Manual,
+        None,
     )
     .await?;
     Ok(HttpResponse::Accepted().json(serde_json::json!({"message": "poll queued"})))

@@ -310,8 +310,18 @@ pub async fn update(
         changes.vcs_last_error = Some(None);
         changes.vcs_last_error_at = Some(None);
     }
+    let directory_changed = changes
+        .working_directory
+        .as_ref()
+        .is_some_and(|dir| *dir != existing.working_directory);
+    // A poll in flight for the old settings records nothing once this is bumped.
+    let settings_changed = url_changed || branch_changed || connection_changed || directory_changed;
     let workspace = diesel::update(workspaces::table.find(&existing.id))
-        .set(changes)
+        .set((
+            changes,
+            workspaces::vcs_settings_generation
+                .eq(workspaces::vcs_settings_generation + i64::from(settings_changed)),
+        ))
         .returning(Workspace::as_returning())
         .get_result(conn)
         .await

@@ -1,0 +1,172 @@
+//! Immediate polls as the API asks for them: bursts cost one queued poll, a PATCH
+//! during a poll keeps that poll from recording anything for the old settings, and
+//! large archives are served whole from their chunks.
+
+use serde_json::{json, Value};
+use terrapod_poller::cache::CycleCache;
+use terrapod_poller::poll::{poll_workspace, PollOutcome, Trigger};
+use terrapod_shared::queue::PollReason;
+use terrapod_test_support::{GITHUB_APP_TEST_KEY, GITHUB_APP_TEST_PUBLIC_KEY};
+use terrapod_vcs_sim::{Fault, Kind, Simulator};
+
+use crate::helpers::{drain_poll_messages, record_push, sha, spawn_app, workspace_id};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_poll_vcs_costs_one_queued_poll_and_one_more_once_it_is_taken() {
+    let app = spawn_app().await;
+    let workspace = app.create_linked_workspace("burst").await;
+    let id = workspace["id"].as_str().unwrap();
+    assert_eq!(drain_poll_messages(&app).await.len(), 1, "the link's poll");
+    let path = format!("/api/v2/workspaces/{id}/actions/poll-vcs");
+    for _ in 0..20 {
+        let response = app.post(&path, &Value::Null).await;
+        assert_eq!(response.status(), 202);
+    }
+    let queued = drain_poll_messages(&app).await;
+    assert_eq!(queued.len(), 1, "twenty requests, one queued poll");
+    assert_eq!(queued[0].reason, PollReason::Manual);
+    // The poller took it (drained): a request during that poll queues one more.
+    for _ in 0..5 {
+        assert_eq!(app.post(&path, &Value::Null).await.status(), 202);
+    }
+    assert_eq!(drain_poll_messages(&app).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_patch_during_a_poll_keeps_it_from_recording_a_run_for_the_old_repository() {
+    let app = spawn_app().await;
+    let sim = Simulator::start().await.unwrap();
+    sim.add_github_app(1234, GITHUB_APP_TEST_PUBLIC_KEY);
+    sim.add_installation(55, 1234, "acme", None);
+    sim.create_repo(Kind::Github, "acme/old", &[("old.tf", "")]);
+    let new_head = sim.create_repo(Kind::Github, "acme/new", &[("new.tf", "")]);
+    let connection: Value = app
+        .post(
+            "/api/v2/organizations/default/vcs-connections",
+            &json!({"data": {"type": "vcs-connections", "attributes": {
+                "name": "gh", "provider": "github", "server-url": sim.url(),
+                "github-app-id": 1234, "github-installation-id": 55,
+                "private-key": GITHUB_APP_TEST_KEY}}}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let response = app
+        .create_workspace(
+            "moving",
+            connection["data"]["id"].as_str(),
+            "https://github.com/acme/old",
+        )
+        .await;
+    let workspace = workspace_id(&response.json::<Value>().await.unwrap()["data"]);
+    // The old repository's archive takes a while: the PATCH lands during it.
+    sim.inject_fault(Fault {
+        method: None,
+        path_contains: Some("/tarball/".into()),
+        status: None,
+        retry_after: None,
+        latency_ms: Some(1_500),
+        count: 1,
+    });
+    let ctx = app.poller_context(&app.vhost.url(), "3600");
+    let in_flight = {
+        let (ctx, workspace) = (ctx.clone(), workspace.clone());
+        tokio::spawn(async move {
+            poll_workspace(&ctx, &CycleCache::default(), &workspace, Trigger::Message).await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let patched = app
+        .patch(
+            &format!("/api/v2/workspaces/{workspace}"),
+            &json!({"data": {"type": "workspaces", "attributes": {"vcs-repo-url": "https://github.com/acme/new"}}}),
+        )
+        .await;
+    assert_eq!(patched.status(), 200);
+    let outcome = in_flight.await.unwrap().unwrap();
+    assert!(matches!(outcome, PollOutcome::Superseded), "{outcome:?}");
+    let runs: Value = app
+        .get(&format!("/api/v2/workspaces/{workspace}/runs"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(runs["meta"]["pagination"]["total-count"], 0, "{runs}");
+    let row: Value = app
+        .get(&format!("/api/v2/workspaces/{workspace}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        row["data"]["attributes"]["vcs-last-commit-sha"],
+        Value::Null
+    );
+    assert_eq!(row["data"]["attributes"]["vcs-last-polled-at"], Value::Null);
+
+    let next = poll_workspace(&ctx, &CycleCache::default(), &workspace, Trigger::Message)
+        .await
+        .unwrap();
+    assert!(matches!(next, PollOutcome::Polled(ref report) if report.runs_created == 1));
+    let runs: Value = app
+        .get(&format!("/api/v2/workspaces/{workspace}/runs"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(runs["data"][0]["attributes"]["vcs-commit-sha"], new_head);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_archive_is_stored_in_chunks_and_downloaded_whole() {
+    let app = spawn_app().await;
+    let workspace = app.create_linked_workspace("large").await;
+    // 3.5 MiB of varied bytes: four chunks of at most 1 MiB.
+    let tarball: Vec<u8> = (0..(7u32 << 19))
+        .map(|n| (n.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    record_push(
+        &app.pool,
+        &workspace_id(&workspace),
+        &sha(1),
+        None,
+        &tarball,
+    )
+    .await;
+    let runs: Value = app
+        .get(&format!(
+            "/api/v2/workspaces/{}/runs",
+            workspace["id"].as_str().unwrap()
+        ))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let cv = runs["data"][0]["relationships"]["configuration-version"]["data"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let response = app
+        .get(&format!("/api/v2/configuration-versions/{cv}/download"))
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-length"],
+        tarball.len().to_string().as_str()
+    );
+    let body = response.bytes().await.unwrap();
+    assert!(
+        body[..] == tarball[..],
+        "the download is the stored archive"
+    );
+    use diesel::prelude::*;
+    use diesel_async::RunQueryDsl;
+    use terrapod_shared::db::schema::configuration_archive_chunks;
+    let chunks: i64 = configuration_archive_chunks::table
+        .count()
+        .get_result(&mut app.connection().await)
+        .await
+        .unwrap();
+    assert_eq!(chunks, 4);
+}

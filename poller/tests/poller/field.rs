@@ -1,0 +1,470 @@
+//! The poller as a production install meets GitHub: answers that take hundreds of
+//! milliseconds, passes longer than the interval, the installation's budget, large
+//! and refused archives, message bursts during busy cycles, lock keys and lost locks.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use diesel::sql_types::{Array, Text};
+use diesel::QueryableByName;
+use diesel_async::RunQueryDsl;
+use terrapod_poller::cycle::{run_cycle, CycleReport};
+use terrapod_poller::store;
+use terrapod_shared::domain::Provider;
+use terrapod_shared::ids::WorkspaceId;
+use terrapod_shared::queue::{PollMessage, PollReason, Publisher};
+use terrapod_vcs_sim::{fault, Kind, SecondaryLimits};
+
+use crate::helpers::{poll, polled, World};
+
+/// Runs one cycle in the background.
+fn cycle_in_background(
+    ctx: &Arc<terrapod_poller::poll::PollContext>,
+) -> tokio::task::JoinHandle<CycleReport> {
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        let (_stop, shutdown) = tokio::sync::watch::channel(false);
+        run_cycle(&ctx, &shutdown).await
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pass_longer_than_the_interval_polls_each_workspace_once_and_polls_after_a_commit_see_it()
+{
+    let world = World::new().await;
+    let mut workspaces = Vec::new();
+    for n in 0..10 {
+        let repo = format!("acme/r{n}");
+        let (_, ws) = world
+            .repo_with_workspace(Kind::Github, &repo, &format!("w{n}"))
+            .await;
+        workspaces.push((repo, ws));
+    }
+    let ctx = world.context(&[
+        ("TERRAPOD_POLLER__CONCURRENCY", "1"),
+        ("TERRAPOD_VCS__POLL_INTERVAL_SECONDS", "1"),
+    ]);
+    assert_eq!(cycle_in_background(&ctx).await.unwrap().polled, 10);
+
+    // Every answer now takes 250 ms: a pass of ten workspaces takes about five
+    // seconds, five intervals.
+    world.sim.set_latency(250, 0);
+    world.make_all_due().await;
+    let pass = cycle_in_background(&ctx);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (repo, _) in &workspaces {
+        world
+            .sim
+            .commit(Kind::Github, repo, "main", "Mid-pass", &[("x.tf", "1")])
+            .await;
+    }
+    let committed_at = world.now().await;
+    let report = pass.await.unwrap();
+    assert_eq!(
+        report.polled, 10,
+        "each workspace once, though the pass outlasted the interval five times"
+    );
+    let mut checked = 0;
+    for (repo, ws) in &workspaces {
+        let head = world.sim.sim().repo(Kind::Github, repo).unwrap().branches["main"].clone();
+        let row = world.row(ws).await;
+        // A poll reported well after the commit (more than one poll's time) read the
+        // branch after it, so it must have seen it.
+        if row.vcs_last_polled_at.unwrap() > committed_at + chrono::Duration::milliseconds(1500) {
+            checked += 1;
+            assert!(
+                world
+                    .runs(ws)
+                    .await
+                    .iter()
+                    .any(|r| r.vcs_commit_sha == head),
+                "{ws} reported a poll after the commit without a run for it"
+            );
+        }
+    }
+    assert!(checked >= 3, "only {checked} polls came after the commit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_is_seen_only_by_the_poll_that_met_it() {
+    let world = World::new().await;
+    world
+        .sim
+        .create_repo(Kind::Github, "acme/mono", &[("main.tf", "")]);
+    let mut workspaces = Vec::new();
+    for n in 0..3 {
+        workspaces.push(
+            world
+                .workspace(&format!("w{n}"), Kind::Github, "acme/mono", "main")
+                .await,
+        );
+    }
+    // Exactly the attempts of one call fail; the next workspace's call succeeds.
+    world.sim.inject_fault(fault("/branches/main", 500, 4));
+    let ctx = world.context(&[]);
+    let report = cycle_in_background(&ctx).await.unwrap();
+    assert_eq!((report.polled, report.errors), (3, 1), "{report:?}");
+    let mut with_error = 0;
+    for ws in &workspaces {
+        let row = world.row(ws).await;
+        match row.vcs_last_error {
+            Some(error) => {
+                assert!(error.contains("500"), "{error}");
+                with_error += 1;
+            }
+            None => assert_eq!(world.runs(ws).await.len(), 1),
+        }
+    }
+    assert_eq!(with_error, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_share_an_installations_budget_and_never_meet_its_secondary_limits() {
+    let world = World::new().await;
+    // The budget and GitHub's limit alike: 20 points in any 6 seconds.
+    let window = Duration::from_secs(6);
+    world.sim.set_secondary_limits(Some(SecondaryLimits {
+        points_per_window: 20,
+        concurrent: 20,
+        window_seconds: 6,
+    }));
+    let mut workspaces = Vec::new();
+    for n in 0..8 {
+        let (_, ws) = world
+            .repo_with_workspace(Kind::Github, &format!("acme/r{n}"), &format!("w{n}"))
+            .await;
+        workspaces.push(ws);
+    }
+    let overrides = [
+        ("TERRAPOD_VCS__GITHUB__REQUESTS_PER_MINUTE", "20"),
+        ("TERRAPOD_VCS__POLL_INTERVAL_SECONDS", "1"),
+        ("TERRAPOD_POLLER__CONCURRENCY", "4"),
+    ];
+    let started = Instant::now();
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let ctx = world.context_with_window(&overrides, window);
+        replicas.push(tokio::spawn(async move {
+            let (_stop, shutdown) = tokio::sync::watch::channel(false);
+            let mut max_lag: f64 = 0.0;
+            while started.elapsed() < Duration::from_secs(18) {
+                let report = run_cycle(&ctx, &shutdown).await;
+                max_lag = max_lag.max(
+                    report
+                        .max_lag_seconds
+                        .get(&Provider::GitHub)
+                        .copied()
+                        .unwrap_or(0.0),
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            max_lag
+        }));
+    }
+    let mut max_lag: f64 = 0.0;
+    for replica in replicas {
+        max_lag = max_lag.max(replica.await.unwrap());
+    }
+    for ws in &workspaces {
+        assert_eq!(world.runs(ws).await.len(), 1, "{ws} was never polled");
+    }
+    let stats = world.sim.stats(Kind::Github);
+    assert_eq!(stats.secondary_limited, 0, "{stats:?}");
+    let usage = world.sim.installation_usage(7);
+    assert!(usage.max_points_in_window <= 20, "{usage:?}");
+    assert!(usage.requests >= 40, "the replicas kept polling: {usage:?}");
+    assert!(
+        max_lag >= 1.0,
+        "the budget stretched the 1 s interval, and the lag says so: {max_lag}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn polls_asked_for_go_before_the_schedule_when_the_budget_runs_short() {
+    let world = World::new().await;
+    world.sim.set_secondary_limits(None);
+    let window = Duration::from_secs(6);
+    let overrides = [
+        ("TERRAPOD_VCS__GITHUB__REQUESTS_PER_MINUTE", "40"),
+        ("TERRAPOD_VCS__POLL_INTERVAL_SECONDS", "3600"),
+        ("TERRAPOD_POLLER__CONCURRENCY", "4"),
+    ];
+    let (_, urgent) = world
+        .repo_with_workspace(Kind::Github, "acme/urgent", "urgent")
+        .await;
+    let asked = world.context_with_window(&overrides, window);
+    assert_eq!(polled(poll(&asked, &urgent).await), (1, None));
+    let mut scheduled = Vec::new();
+    for n in 0..20 {
+        let (_, ws) = world
+            .repo_with_workspace(Kind::Github, &format!("acme/s{n}"), &format!("s{n}"))
+            .await;
+        scheduled.push(ws);
+    }
+    let schedule = world.context_with_window(&overrides, window);
+    let pass = cycle_in_background(&schedule);
+    // The schedule has used its share of the window by now and waits for more.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    world
+        .sim
+        .commit(
+            Kind::Github,
+            "acme/urgent",
+            "main",
+            "Hotfix",
+            &[("fix.tf", "1")],
+        )
+        .await;
+    let started = Instant::now();
+    assert_eq!(polled(poll(&asked, &urgent).await), (1, None));
+    let took = started.elapsed();
+    assert!(
+        !pass.is_finished(),
+        "the schedule was still waiting for budget"
+    );
+    assert!(
+        took < Duration::from_millis(1500),
+        "the requested poll waited {took:?} behind the schedule"
+    );
+    let report = pass.await.unwrap();
+    assert_eq!(report.polled, 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_archive_is_remembered_until_a_limit_is_raised() {
+    let world = World::new().await;
+    let (_, ws) = world
+        .repo_with_workspace(Kind::Github, "acme/big", "big")
+        .await;
+    let strict = world.context(&[("TERRAPOD_VCS__MAX_ARCHIVE_BYTES", "64")]);
+    let (created, error) = polled(poll(&strict, &ws).await);
+    assert_eq!(created, 0);
+    assert!(
+        error
+            .unwrap()
+            .contains("TERRAPOD_VCS__MAX_ARCHIVE_BYTES (64 bytes)"),
+        "the refusal names the limit"
+    );
+    assert_eq!(world.sim.stats(Kind::Github).archives, 1);
+    for _ in 0..2 {
+        let (created, error) = polled(poll(&strict, &ws).await);
+        assert_eq!(created, 0);
+        let error = error.unwrap();
+        assert!(error.contains("not downloaded again"), "{error}");
+        assert!(error.contains("MAX_ARCHIVE_BYTES (64 bytes)"), "{error}");
+    }
+    assert_eq!(
+        world.sim.stats(Kind::Github).archives,
+        1,
+        "not downloaded again"
+    );
+    let relaxed = world.context(&[]);
+    assert_eq!(polled(poll(&relaxed, &ws).await), (1, None));
+    assert_eq!(world.sim.stats(Kind::Github).archives, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commits_archive_is_downloaded_once_for_every_workspace_and_replica() {
+    let world = World::new().await;
+    let (sha, first) = world
+        .repo_with_workspace(Kind::Gitlab, "group/mono", "first")
+        .await;
+    let second = world
+        .workspace("second", Kind::Gitlab, "group/mono", "main")
+        .await;
+    let replica_a = world.context(&[]);
+    let replica_b = world.context(&[]);
+    assert_eq!(polled(poll(&replica_a, &first).await), (1, None));
+    assert_eq!(polled(poll(&replica_b, &second).await), (1, None));
+    assert_eq!(world.sim.stats(Kind::Gitlab).archives, 1);
+    let (a, b) = (world.runs(&first).await, world.runs(&second).await);
+    assert_eq!(
+        (a[0].vcs_commit_sha.as_str(), b[0].vcs_commit_sha.as_str()),
+        (sha.as_str(), sha.as_str())
+    );
+}
+
+/// (messages ready, consumers) of a queue.
+async fn queue_depth(amqp_url: &str, queue: &str) -> u32 {
+    use lapin::options::QueueDeclareOptions;
+    let connection = terrapod_shared::queue::connect(amqp_url, "test-inspector")
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let depth = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .map(|state| state.message_count())
+        .unwrap_or(0);
+    let _ = connection.close(200, "done".into()).await;
+    depth
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_webhook_burst_during_a_busy_cycle_is_polled_at_once_and_nothing_is_dead_lettered() {
+    let world = World::new().await;
+    world.sim.set_secondary_limits(None);
+    let overrides = [
+        ("TERRAPOD_POLLER__CONCURRENCY", "4"),
+        ("TERRAPOD_VCS__POLL_INTERVAL_SECONDS", "3600"),
+    ];
+    // Requested workspaces, polled once already (so the schedule leaves them alone).
+    let warm = world.context(&overrides);
+    let mut requested = Vec::new();
+    for n in 0..8 {
+        let repo = format!("acme/hook{n}");
+        let (_, ws) = world
+            .repo_with_workspace(Kind::Github, &repo, &format!("hook{n}"))
+            .await;
+        assert_eq!(polled(poll(&warm, &ws).await), (1, None));
+        requested.push((repo, ws));
+    }
+    let mut scheduled = Vec::new();
+    for n in 0..24 {
+        let (_, ws) = world
+            .repo_with_workspace(Kind::Github, &format!("acme/busy{n}"), &format!("busy{n}"))
+            .await;
+        scheduled.push(ws);
+    }
+    // Each poll now takes over a second: the schedule is busy for several.
+    world.sim.set_latency(300, 0);
+    let ctx = world.context(&overrides);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let poller = tokio::spawn(terrapod_poller::run(ctx, listener, shutdown));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut done = 0;
+        for ws in &scheduled {
+            done += world.runs(ws).await.len();
+        }
+        if done >= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the schedule never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let publisher = Publisher::new(&world.vhost.url(), "test-webhooks");
+    let burst = Instant::now();
+    for (repo, ws) in &requested {
+        world
+            .sim
+            .commit(Kind::Github, repo, "main", "Pushed", &[("p.tf", "1")])
+            .await;
+        publisher
+            .publish(&PollMessage::new(ws, PollReason::Webhook), Some("delivery"))
+            .await
+            .unwrap();
+    }
+    let mut pending: HashSet<&WorkspaceId> = requested.iter().map(|(_, ws)| ws).collect();
+    while !pending.is_empty() {
+        let mut still = HashSet::new();
+        for ws in pending {
+            if world.runs(ws).await.len() < 2 {
+                still.insert(ws);
+            }
+        }
+        pending = still;
+        assert!(
+            burst.elapsed() < Duration::from_secs(10),
+            "message polls waited for the schedule: {} left",
+            pending.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let burst_done = burst.elapsed();
+    let mut scheduled_done = 0;
+    for ws in &scheduled {
+        scheduled_done += world.runs(ws).await.len();
+    }
+    assert!(
+        scheduled_done < scheduled.len(),
+        "the schedule was still busy when the burst was served ({burst_done:?})"
+    );
+    let _ = stop.send(true);
+    poller.await.unwrap().unwrap();
+    let url = world.vhost.url();
+    assert_eq!(
+        queue_depth(&url, terrapod_shared::queue::DEAD_LETTER_QUEUE).await,
+        0
+    );
+    assert_eq!(
+        queue_depth(&url, terrapod_shared::queue::POLL_QUEUE).await,
+        0
+    );
+}
+
+#[derive(QueryableByName)]
+struct Pair {
+    #[diesel(sql_type = Array<Text>)]
+    ids: Vec<String>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workspaces_whose_32_bit_hashes_collide_still_lock_independently() {
+    let world = World::new().await;
+    let mut conn = world.db.connection().await;
+    // Among 300,000 ids, two share a 32-bit `hashtext` almost surely (birthday bound).
+    let candidates: Vec<String> = (0..300_000)
+        .map(|_| WorkspaceId::generate().to_string())
+        .collect();
+    let pair: Pair = diesel::sql_query(
+        "SELECT array_agg(id) AS ids FROM unnest($1::text[]) AS id
+         GROUP BY hashtext(id) HAVING count(*) > 1 LIMIT 1",
+    )
+    .bind::<Array<Text>, _>(&candidates)
+    .get_result(&mut conn)
+    .await
+    .expect("a 32-bit collision among 300,000 ids");
+    let (a, b) = (
+        WorkspaceId::parse(&pair.ids[0]).unwrap(),
+        WorkspaceId::parse(&pair.ids[1]).unwrap(),
+    );
+    let mut other = world.db.connection().await;
+    assert!(store::try_lock(&mut conn, &a).await.unwrap());
+    assert!(
+        store::try_lock(&mut other, &b).await.unwrap(),
+        "{a} and {b} collide in 32 bits but not in the lock's 64"
+    );
+    assert!(!store::try_lock(&mut other, &a).await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_cancelled_midway_gives_its_lock_up() {
+    let world = World::new().await;
+    let (_, ws) = world
+        .repo_with_workspace(Kind::Github, "acme/slow", "slow")
+        .await;
+    world.sim.set_latency(3_000, 0);
+    let ctx = world.context(&[("TERRAPOD_POLLER__CONCURRENCY", "1")]);
+    let task = {
+        let (ctx, ws) = (ctx.clone(), ws.clone());
+        tokio::spawn(async move { poll(&ctx, &ws).await })
+    };
+    let mut other = world.db.connection().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // Wait until the poll holds the lock, then cancel it mid-poll.
+    while store::try_lock(&mut other, &ws).await.unwrap() {
+        store::unlock(&mut other, &ws).await.unwrap();
+        assert!(Instant::now() < deadline, "the poll never took its lock");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    task.abort();
+    let _ = task.await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !store::try_lock(&mut other, &ws).await.unwrap() {
+        assert!(
+            Instant::now() < deadline,
+            "the cancelled poll's connection kept the workspace locked"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
