@@ -56,6 +56,14 @@ def check_kubernetes(path):
                 failures.append(f"{name}/{container['name']}: must be read-only without privilege escalation")
             if "requests" not in container.get("resources", {}):
                 failures.append(f"{name}/{container['name']}: needs resource requests")
+            if name == "terrapod-poller":
+                # Archives stream through temporary files: a read-only root needs a
+                # bounded writable /tmp.
+                mounts = {m["name"]: m["mountPath"] for m in container.get("volumeMounts", [])}
+                volumes = {v["name"]: v for v in pod.get("volumes", [])}
+                tmp = [n for n, p in mounts.items() if p == "/tmp"]
+                if not tmp or "sizeLimit" not in volumes.get(tmp[0], {}).get("emptyDir", {}):
+                    failures.append(f"{name}/{container['name']}: needs an emptyDir with a sizeLimit at /tmp")
             if document["kind"] == "Deployment":
                 for probe, path_ in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")]:
                     if container.get(probe, {}).get("httpGet", {}).get("path") != path_:

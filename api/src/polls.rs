@@ -4,10 +4,12 @@
 //! yet taken by a poller, more requests (a burst of `poll-vcs`, a flurry of webhooks)
 //! publish nothing, since the queued poll will see what they announce. A poller
 //! clears the mark when it takes the message, so a request arriving during a poll
-//! queues exactly one more. No database connection is held while publishing.
+//! queues exactly one more. Every request is recorded (`vcs_poll_requested_at`), so
+//! the poll that takes a queued message knows it must see what a later request, folded
+//! into that message, announced. No database connection is held while publishing.
 
-use diesel::dsl::now;
 use diesel::prelude::*;
+use diesel::sql_types::{Array, Bool, Integer, Text};
 use diesel_async::RunQueryDsl;
 use terrapod_shared::db::schema::workspaces;
 use terrapod_shared::ids::WorkspaceId;
@@ -18,9 +20,19 @@ use crate::startup::AppState;
 
 /// A queued message not taken within this long is presumed lost (a broker that
 /// restarted without it); a new request queues another.
-const QUEUED_AT_MOST_MINUTES: i64 = 10;
+const QUEUED_AT_MOST_MINUTES: i32 = 10;
 
-/// Publishes one confirmed poll message per workspace that has none queued yet; 503
+#[derive(QueryableByName)]
+struct Marked {
+    #[diesel(sql_type = Text)]
+    id: WorkspaceId,
+    /// No message was queued: publish one.
+    #[diesel(sql_type = Bool)]
+    publish: bool,
+}
+
+/// Records the request on every workspace (so a queued poll knows what it must see)
+/// and publishes one confirmed poll message per workspace that has none queued; 503
 /// when the broker cannot take them (the schedule still polls within one interval).
 pub async fn queue(
     state: &AppState,
@@ -31,20 +43,32 @@ pub async fn queue(
     if workspaces.is_empty() {
         return Ok(());
     }
-    let stale = chrono::Utc::now() - chrono::Duration::minutes(QUEUED_AT_MOST_MINUTES);
     let to_publish: Vec<WorkspaceId> = {
         let mut conn = state.pool.get().await?;
-        diesel::update(workspaces::table)
-            .filter(workspaces::id.eq_any(workspaces))
-            .filter(
-                workspaces::vcs_poll_queued_at
-                    .is_null()
-                    .or(workspaces::vcs_poll_queued_at.lt(stale)),
-            )
-            .set(workspaces::vcs_poll_queued_at.eq(now))
-            .returning(workspaces::id)
-            .get_results(&mut conn)
-            .await?
+        let marked: Vec<Marked> = diesel::sql_query(
+            "UPDATE workspaces SET
+                 vcs_poll_requested_at = now(),
+                 vcs_poll_queued_at = CASE
+                     WHEN vcs_poll_queued_at IS NULL
+                          OR vcs_poll_queued_at < now() - make_interval(mins => $2)
+                     THEN now() ELSE vcs_poll_queued_at END
+             WHERE id = ANY($1)
+             RETURNING id, vcs_poll_queued_at = now() AS publish",
+        )
+        .bind::<Array<Text>, _>(
+            workspaces
+                .iter()
+                .map(WorkspaceId::as_str)
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Integer, _>(QUEUED_AT_MOST_MINUTES)
+        .load(&mut conn)
+        .await?;
+        marked
+            .into_iter()
+            .filter(|m| m.publish)
+            .map(|m| m.id)
+            .collect()
     };
     for (published, workspace) in to_publish.iter().enumerate() {
         let sent = state

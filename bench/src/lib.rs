@@ -266,3 +266,208 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Many repositories and workspaces over several GitHub App installations on one
+/// simulator, for the polling benchmarks (pollers run as release processes).
+pub struct Fleet {
+    pub db: TestDatabase,
+    pub vhost: TestVhost,
+    pub sim: Simulator,
+    pub key: String,
+    /// Each repository's path and its workspaces.
+    pub repos: Vec<(String, Vec<terrapod_shared::ids::WorkspaceId>)>,
+}
+
+impl Fleet {
+    /// `repos` repositories (round-robin over `installations` installations, each
+    /// seeing only its own), `per_repo` workspaces each.
+    pub async fn build(repos: usize, per_repo: usize, installations: usize) -> Fleet {
+        use diesel_async::RunQueryDsl;
+        use terrapod_shared::db::models::{NewVcsConnection, NewWorkspace};
+        use terrapod_shared::db::schema::{vcs_connections, workspaces};
+        use terrapod_shared::domain::{ConnectionStatus, ExecutionMode, Provider};
+        use terrapod_shared::ids::{VcsConnectionId, WorkspaceId};
+        use terrapod_vcs_sim::Kind;
+
+        let db = TestDatabase::new().await;
+        let vhost = TestVhost::new();
+        let sim = Simulator::start().await.unwrap();
+        sim.add_github_app(1, GITHUB_APP_TEST_PUBLIC_KEY);
+        sim.set_rate_limit(Kind::Github, 100_000_000, 3600);
+        let paths: Vec<String> = (0..repos).map(|r| format!("bench/repo-{r}")).collect();
+        for installation in 0..installations {
+            let own: Vec<&str> = paths
+                .iter()
+                .enumerate()
+                .filter(|(r, _)| r % installations == installation)
+                .map(|(_, p)| p.as_str())
+                .collect();
+            sim.add_installation(installation as i64 + 1, 1, "bench", Some(&own));
+        }
+        for (r, path) in paths.iter().enumerate() {
+            sim.create_repo(Kind::Github, path, &[("main.tf", &format!("# repo {r}\n"))]);
+        }
+        let key = KeyRing::generate_key();
+        let credential = KeyRing::parse(&key).unwrap().encrypt(GITHUB_APP_TEST_KEY);
+        let connections: Vec<VcsConnectionId> = (0..installations)
+            .map(|_| VcsConnectionId::generate())
+            .collect();
+        let mut conn = db.connection().await;
+        for (installation, id) in connections.iter().enumerate() {
+            let name = format!("github-{installation}");
+            diesel::insert_into(vcs_connections::table)
+                .values(NewVcsConnection {
+                    id,
+                    organization_name: "default",
+                    name: &name,
+                    provider: Provider::GitHub,
+                    server_url: sim.url(),
+                    status: ConnectionStatus::Active,
+                    github_app_id: Some(1),
+                    github_installation_id: Some(installation as i64 + 1),
+                    github_account_login: None,
+                    github_account_type: None,
+                    encrypted_credential: Some(&credential),
+                })
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+        let mut fleet_repos = Vec::new();
+        let mut rows: Vec<(WorkspaceId, String, String, String, usize)> = Vec::new();
+        for (r, path) in paths.iter().enumerate() {
+            let ids: Vec<WorkspaceId> = (0..per_repo).map(|_| WorkspaceId::generate()).collect();
+            for (w, id) in ids.iter().enumerate() {
+                rows.push((
+                    id.clone(),
+                    format!("ws-{r}-{w}"),
+                    format!("https://github.com/{path}"),
+                    path.clone(),
+                    r % installations,
+                ));
+            }
+            fleet_repos.push((path.clone(), ids));
+        }
+        for chunk in rows.chunks(1000) {
+            let values: Vec<NewWorkspace> = chunk
+                .iter()
+                .map(|(id, name, url, path, installation)| NewWorkspace {
+                    id,
+                    organization_name: "default",
+                    name,
+                    execution_mode: ExecutionMode::Remote,
+                    auto_apply: false,
+                    vcs_connection_id: Some(&connections[*installation]),
+                    vcs_repo_url: url,
+                    vcs_repo_path: path,
+                    vcs_branch: "main",
+                    working_directory: "",
+                })
+                .collect();
+            diesel::insert_into(workspaces::table)
+                .values(values)
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+        Fleet {
+            db,
+            vhost,
+            sim,
+            key,
+            repos: fleet_repos,
+        }
+    }
+
+    pub fn workspaces(&self) -> i64 {
+        self.repos.iter().map(|(_, ids)| ids.len() as i64).sum()
+    }
+
+    /// A poller's environment on a free port, with `extra` settings.
+    pub fn poller_env(&self, interval: u64, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = vec![
+            ("TERRAPOD_DATABASE__URL".into(), self.db.url().to_owned()),
+            ("TERRAPOD_AMQP__URL".into(), self.vhost.url()),
+            ("TERRAPOD_ENCRYPTION__KEY".into(), self.key.clone()),
+            (
+                "TERRAPOD_VCS__POLL_INTERVAL_SECONDS".into(),
+                interval.to_string(),
+            ),
+            (
+                "TERRAPOD_POLLER__LISTEN".into(),
+                format!("127.0.0.1:{}", free_port()),
+            ),
+        ];
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        env
+    }
+
+    /// Runs a `SELECT count(*) AS n …` query.
+    pub async fn count(&self, query: &str) -> i64 {
+        count(&self.db, query).await
+    }
+
+    /// Every workspace due now, as if the interval had passed.
+    pub async fn make_all_due(&self) {
+        self.count("WITH u AS (UPDATE workspaces SET vcs_last_attempt_at = NULL RETURNING 1) SELECT count(*) AS n FROM u")
+            .await;
+    }
+
+    /// Serves the API in this process (for webhooks); returns its base URL.
+    pub async fn start_api(&self, webhook_secret: &str) -> String {
+        let env = vec![
+            (
+                "TERRAPOD_DATABASE__URL".to_owned(),
+                self.db.url().to_owned(),
+            ),
+            ("TERRAPOD_AMQP__URL".to_owned(), self.vhost.url()),
+            ("TERRAPOD_ENCRYPTION__KEY".to_owned(), self.key.clone()),
+            ("TERRAPOD_API__LISTEN".to_owned(), "127.0.0.1:0".to_owned()),
+            (
+                "TERRAPOD_VCS__GITHUB__WEBHOOK_SECRET".to_owned(),
+                webhook_secret.to_owned(),
+            ),
+        ];
+        let pool = db::pool(self.db.url(), "terrapod-api", 16).unwrap();
+        let app = Application::build(settings(&env), pool).unwrap();
+        let url = format!("http://127.0.0.1:{}", app.port());
+        tokio::spawn(app.run_until_stopped());
+        url
+    }
+}
+
+/// Runs a `SELECT count(*) AS n …` query.
+pub async fn count(db: &TestDatabase, query: &str) -> i64 {
+    use diesel_async::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let mut conn = db.connection().await;
+    diesel::sql_query(query)
+        .get_result::<Count>(&mut conn)
+        .await
+        .unwrap()
+        .n
+}
+
+/// Waits (checking every 100 ms) until `done`; returns how long it took.
+pub async fn wait_until(
+    what: &str,
+    timeout: Duration,
+    mut done: impl AsyncFnMut() -> bool,
+) -> Duration {
+    let started = std::time::Instant::now();
+    while !done().await {
+        assert!(started.elapsed() < timeout, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    started.elapsed()
+}
+
+/// A gauge or counter of a Prometheus text page, by full series name.
+pub fn metric(page: &str, series: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+}

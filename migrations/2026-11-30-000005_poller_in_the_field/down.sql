@@ -1,5 +1,6 @@
 DROP TABLE provider_request_leases;
 DROP TABLE provider_budgets;
+ALTER TABLE workspaces DROP COLUMN vcs_poll_requested_at;
 ALTER TABLE workspaces DROP COLUMN vcs_poll_queued_at;
 ALTER TABLE workspaces DROP COLUMN vcs_settings_generation;
 DROP TABLE commit_archives;

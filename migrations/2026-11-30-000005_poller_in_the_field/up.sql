@@ -33,6 +33,10 @@ ALTER TABLE workspaces ADD COLUMN vcs_settings_generation BIGINT NOT NULL DEFAUL
 -- Set when a poll message is published for the workspace and cleared when a poller
 -- takes it: while set, more requests (a burst of poll-vcs, webhooks) publish nothing.
 ALTER TABLE workspaces ADD COLUMN vcs_poll_queued_at TIMESTAMPTZ;
+-- When a poll was last asked for (queued or not): a message poll may reuse provider
+-- answers only if they were asked for after this, so a request that was folded into
+-- an already queued message is still seen.
+ALTER TABLE workspaces ADD COLUMN vcs_poll_requested_at TIMESTAMPTZ;
 
 -- Provider request budgets shared by every poller replica: requests granted per
 -- bucket (a second, in production) over the last 62 buckets, in a ring indexed by

@@ -11,6 +11,7 @@ use terrapod_shared::domain::CommitSha;
 use terrapod_shared::vcs::{ArchiveError, ArchiveLimits, VcsError, VcsProvider};
 use tracing::Instrument;
 
+use crate::cache::Freshness;
 use crate::poll::Target;
 use crate::store::{self, Remembered};
 
@@ -45,9 +46,11 @@ pub(crate) async fn archive_for(
     let result = target
         .cache
         .archives
-        .get_or_try_init((target.key.clone(), sha.clone()), || {
-            fetch(target, conn, sha)
-        })
+        .get_or_try_init(
+            (target.key.clone(), sha.clone()),
+            Freshness::TIMELESS,
+            || fetch(target, conn, sha),
+        )
         .instrument(span)
         .await;
     match result {

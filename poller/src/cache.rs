@@ -1,25 +1,63 @@
-//! What one poll cycle learns from providers, shared by the workspaces polled in it:
-//! 50 workspaces on one repository and branch cost one set of provider calls.
+//! What polls learn from providers, shared by the polls of one cycle (or of one
+//! webhook delivery): 50 workspaces on one repository and branch cost one set of
+//! provider calls.
 //!
-//! A cycle's cache dies with the cycle, and a failed answer is never kept: the next
-//! workspace that needs it asks the provider again, so an error is seen only by the
-//! poll that met it. Archives are not held here, only the id of the stored archive.
+//! Every answer is stamped with when its poll was claimed (or took its message), a
+//! time before the request was sent; a poll uses only answers stamped no earlier than
+//! its own [`Freshness::not_before`], so it never reports a state older than what it
+//! was asked to look at. A cache dies with its cycle (or delivery), and a failed
+//! answer is never kept: the next poll that needs it asks the provider again, so an
+//! error is seen only by the poll that met it. Archives are not held here, only the
+//! id of the stored archive.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
+use chrono::{DateTime, Utc};
 use terrapod_shared::archives::StoredArchive;
 use terrapod_shared::domain::CommitSha;
 use terrapod_shared::ids::VcsConnectionId;
 use terrapod_shared::vcs::{BranchHead, ProviderClient, PullRequest};
 use tokio::sync::OnceCell;
 
+/// How fresh a poll's answers must be, on the database's clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Freshness {
+    /// Answers asked for before this are too old for the poll.
+    pub not_before: DateTime<Utc>,
+    /// What the answers this poll asks for are stamped with (the poll's claim or
+    /// take time: a bound below the moment the request is sent).
+    pub stamp: DateTime<Utc>,
+}
+
+impl Freshness {
+    /// For answers that never change (a commit's archive): any will do.
+    pub const TIMELESS: Freshness = Freshness {
+        not_before: DateTime::<Utc>::MIN_UTC,
+        stamp: DateTime::<Utc>::MAX_UTC,
+    };
+
+    /// A poll that asks for everything itself from `at` on.
+    pub fn from(at: DateTime<Utc>) -> Freshness {
+        Freshness {
+            not_before: at,
+            stamp: at,
+        }
+    }
+}
+
+struct Entry<V> {
+    stamp: DateTime<Utc>,
+    cell: OnceCell<V>,
+}
+
 /// One computation per key at a time; concurrent askers wait for the first. A
-/// failure is returned to the asker whose computation failed and not remembered.
+/// failure is returned to the asker whose computation failed and not remembered; an
+/// answer stamped before an asker's `not_before` is replaced by a fresh one.
 pub struct OnceMap<K, V> {
-    cells: Mutex<HashMap<K, Arc<OnceCell<V>>>>,
+    cells: Mutex<HashMap<K, Arc<Entry<V>>>>,
 }
 
 impl<K, V> Default for OnceMap<K, V> {
@@ -31,19 +69,31 @@ impl<K, V> Default for OnceMap<K, V> {
 }
 
 impl<K: Eq + Hash, V: Clone> OnceMap<K, V> {
-    pub async fn get_or_try_init<E, F, Fut>(&self, key: K, init: F) -> Result<V, E>
+    pub async fn get_or_try_init<E, F, Fut>(
+        &self,
+        key: K,
+        freshness: Freshness,
+        init: F,
+    ) -> Result<V, E>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, E>>,
     {
-        let cell = self
-            .cells
-            .lock()
-            .expect("cache lock")
-            .entry(key)
-            .or_default()
-            .clone();
-        cell.get_or_try_init(init).await.cloned()
+        let entry = {
+            let mut cells = self.cells.lock().expect("cache lock");
+            match cells.get(&key) {
+                Some(entry) if entry.stamp >= freshness.not_before => entry.clone(),
+                _ => {
+                    let entry = Arc::new(Entry {
+                        stamp: freshness.stamp,
+                        cell: OnceCell::new(),
+                    });
+                    cells.insert(key, entry.clone());
+                    entry
+                }
+            }
+        };
+        entry.cell.get_or_try_init(init).await.cloned()
     }
 }
 
@@ -56,7 +106,8 @@ pub struct RepoKey {
 
 #[derive(Default)]
 pub struct CycleCache {
-    pub clients: OnceMap<VcsConnectionId, Arc<ProviderClient>>,
+    /// By connection and its last change (a PATCH of its credentials makes a new client).
+    pub clients: OnceMap<(VcsConnectionId, DateTime<Utc>), Arc<ProviderClient>>,
     pub default_branches: OnceMap<RepoKey, String>,
     /// By branch name.
     pub heads: OnceMap<(RepoKey, String), BranchHead>,
@@ -69,16 +120,49 @@ pub struct CycleCache {
 mod tests {
     use super::*;
 
+    fn at(seconds: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + seconds, 0).unwrap()
+    }
+
+    fn fresh(not_before: i64, stamp: i64) -> Freshness {
+        Freshness {
+            not_before: at(not_before),
+            stamp: at(stamp),
+        }
+    }
+
     #[tokio::test]
     async fn failures_are_not_remembered_but_answers_are() {
         let map: OnceMap<&str, u32> = OnceMap::default();
-        let failed: Result<u32, &str> = map.get_or_try_init("k", || async { Err("boom") }).await;
+        let now = fresh(0, 0);
+        let failed: Result<u32, &str> = map
+            .get_or_try_init("k", now, || async { Err("boom") })
+            .await;
         assert_eq!(failed, Err("boom"));
-        let answered: Result<u32, &str> = map.get_or_try_init("k", || async { Ok(7) }).await;
+        let answered: Result<u32, &str> = map.get_or_try_init("k", now, || async { Ok(7) }).await;
         assert_eq!(answered, Ok(7));
         let cached: Result<u32, &str> = map
-            .get_or_try_init("k", || async { panic!("asked again") })
+            .get_or_try_init("k", now, || async { panic!("asked again") })
             .await;
         assert_eq!(cached, Ok(7));
+    }
+
+    #[tokio::test]
+    async fn an_answer_older_than_what_a_poll_was_asked_for_is_asked_again() {
+        let map: OnceMap<&str, u32> = OnceMap::default();
+        let first: Result<u32, ()> = map
+            .get_or_try_init("k", fresh(0, 10), || async { Ok(1) })
+            .await;
+        assert_eq!(first, Ok(1));
+        // Asked for at 5: the answer stamped 10 will do.
+        let shared: Result<u32, ()> = map
+            .get_or_try_init("k", fresh(5, 12), || async { panic!("asked again") })
+            .await;
+        assert_eq!(shared, Ok(1));
+        // Asked for at 11: the answer stamped 10 is too old.
+        let renewed: Result<u32, ()> = map
+            .get_or_try_init("k", fresh(11, 12), || async { Ok(2) })
+            .await;
+        assert_eq!(renewed, Ok(2));
     }
 }

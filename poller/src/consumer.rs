@@ -3,6 +3,11 @@
 //!
 //! Message polls have their own share of the process's capacity (prefetch =
 //! concurrency, and a pool share of their own), so a busy schedule never starves them.
+//!
+//! One webhook delivery becomes one message per workspace on the repository; those
+//! polls share one cache (one set of provider calls, one archive download). A poll
+//! uses a shared answer only if it was asked for after the poll's workspace was last
+//! asked to poll (see `cache::Freshness`), so a later push is always seen.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,12 +88,17 @@ async fn consume(
     tracing::info!(queue = POLL_QUEUE, prefetch, "consuming poll messages");
     *consuming = true;
     let mut in_flight = JoinSet::new();
+    let caches = delivery_caches();
     let result = loop {
         tokio::select! {
             delivery = consumer.next() => match delivery {
                 Some(Ok(delivery)) => {
                     let ctx = ctx.clone();
-                    in_flight.spawn(async move { handle(&ctx, delivery).await });
+                    let cache = match delivery.properties.message_id() {
+                        Some(id) => caches.get_with(id.to_string(), Arc::default),
+                        None => Arc::default(),
+                    };
+                    in_flight.spawn(async move { handle(&ctx, &cache, delivery).await });
                 }
                 Some(Err(err)) => break Err(unreachable(err)),
                 None => break Err(QueueError::Unreachable("the consumer was cancelled".into())),
@@ -106,7 +116,16 @@ async fn consume(
     result
 }
 
-async fn handle(ctx: &PollContext, delivery: Delivery) {
+/// The caches of recent webhook deliveries, by delivery id: a delivery's messages may
+/// be taken over several seconds (more workspaces than the prefetch).
+fn delivery_caches() -> moka::sync::Cache<String, Arc<CycleCache>> {
+    moka::sync::Cache::builder()
+        .max_capacity(1_000)
+        .time_to_idle(Duration::from_secs(60))
+        .build()
+}
+
+async fn handle(ctx: &PollContext, cache: &CycleCache, delivery: Delivery) {
     let message = serde_json::from_slice::<PollMessage>(&delivery.data)
         .ok()
         .and_then(|message| message.workspace().map(|id| (message.reason, id)));
@@ -130,7 +149,7 @@ async fn handle(ctx: &PollContext, delivery: Delivery) {
     span.record("workspace.id", workspace.as_str());
     span.record("reason", format!("{reason:?}").to_lowercase());
     async {
-        match poll_workspace(ctx, &CycleCache::default(), &workspace, Trigger::Message).await {
+        match poll_workspace(ctx, cache, &workspace, Trigger::Message).await {
             Ok(outcome) => {
                 if let PollOutcome::Polled(report) = outcome {
                     tracing::info!(runs_created = report.runs_created, "polled on request");

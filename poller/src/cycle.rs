@@ -51,10 +51,30 @@ impl CycleReport {
     }
 }
 
-/// How often due workspaces are looked for: every 10 s, or more often when the
-/// interval is shorter, so polls spread over the interval instead of bunching up.
+/// How often due workspaces are looked for, at least: every 10 s, or more often when
+/// the interval is shorter, so polls spread over the interval instead of bunching up.
 pub fn tick(interval: Duration) -> Duration {
     interval.min(Duration::from_secs(10))
+}
+
+/// The shortest pause between cycles.
+const MIN_PAUSE: Duration = Duration::from_secs(1);
+
+/// How long to wait for the next cycle: until the next workspace falls due, between
+/// [`MIN_PAUSE`] and the [`tick`].
+async fn pause(ctx: &PollContext) -> Duration {
+    let tick = tick(ctx.settings.vcs.poll_interval);
+    let interval = ctx.settings.vcs.poll_interval.as_secs_f64();
+    let next_due = match ctx.pool.get().await {
+        Ok(mut conn) => store::seconds_until_next_due(&mut conn, interval)
+            .await
+            .ok(),
+        Err(_) => None,
+    };
+    next_due
+        .map(|seconds| Duration::from_secs_f64(seconds.max(0.0)))
+        .unwrap_or(tick)
+        .clamp(MIN_PAUSE.min(tick), tick)
 }
 
 /// One pass: polls every workspace that was due when the cycle began, once, and ends
@@ -164,21 +184,25 @@ async fn poll_group(
 ) -> Vec<Result<PollOutcome, PollError>> {
     let mut outcomes = Vec::with_capacity(group.len());
     for workspace in group {
-        outcomes.push(poll_workspace(&ctx, &cache, &workspace.id, Trigger::Schedule).await);
+        let trigger = Trigger::Schedule {
+            claimed_at: workspace.claimed_at,
+        };
+        outcomes.push(poll_workspace(&ctx, &cache, &workspace.id, trigger).await);
     }
     outcomes
 }
 
-/// Runs cycles every [`tick`] until `shutdown` turns true; a cycle under way finishes.
+/// Runs cycles until `shutdown` turns true, each as the next workspace falls due (at
+/// least every [`tick`]); a cycle under way finishes.
 pub async fn run_schedule(ctx: Arc<PollContext>, mut shutdown: watch::Receiver<bool>) {
-    let tick = tick(ctx.settings.vcs.poll_interval);
     loop {
         if *shutdown.borrow() {
             return;
         }
         run_cycle(&ctx, &shutdown).await;
+        let pause = pause(&ctx).await;
         tokio::select! {
-            _ = tokio::time::sleep(tick) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = shutdown.changed() => {}
         }
     }

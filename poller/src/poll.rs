@@ -8,6 +8,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
+
 use diesel_async::AsyncPgConnection;
 use terrapod_shared::archives::StoredArchive;
 use terrapod_shared::db::models::{VcsConnection, Workspace};
@@ -26,7 +28,7 @@ use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use crate::archives;
-use crate::cache::{CycleCache, RepoKey};
+use crate::cache::{CycleCache, Freshness, RepoKey};
 use crate::metrics::PollerMetrics;
 use crate::store;
 
@@ -53,8 +55,8 @@ impl PollContext {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Trigger {
-    /// Claimed by the schedule (its attempt time is already set).
-    Schedule,
+    /// Claimed by the schedule at `claimed_at` (its attempt time is already set).
+    Schedule { claimed_at: DateTime<Utc> },
     /// Asked for by a message (webhook, manual, linked): polled whatever its due time.
     Message,
 }
@@ -62,9 +64,13 @@ pub enum Trigger {
 impl Trigger {
     fn priority(self) -> Priority {
         match self {
-            Trigger::Schedule => Priority::Scheduled,
+            Trigger::Schedule { .. } => Priority::Scheduled,
             Trigger::Message => Priority::Requested,
         }
+    }
+
+    fn is_scheduled(self) -> bool {
+        matches!(self, Trigger::Schedule { .. })
     }
 }
 
@@ -140,23 +146,33 @@ pub async fn poll_workspace(
     async {
         let started = Instant::now();
         let mut conn = ctx.pool.get().await?;
-        if trigger == Trigger::Message {
-            store::clear_poll_queued(&mut conn, workspace).await?;
-        }
+        let freshness = match trigger {
+            Trigger::Message => store::take_poll_request(&mut conn, workspace).await?,
+            Trigger::Schedule { claimed_at } => Freshness::from(claimed_at),
+        };
         let deadline = Instant::now() + LOCK_WAIT;
-        while !store::try_lock(&mut conn, workspace).await? {
-            // A scheduled poll just skips; a message waits, since the poll under way
-            // may have started before the change the message announces.
-            if trigger == Trigger::Schedule || Instant::now() >= deadline {
-                return Ok(PollOutcome::Locked);
+        let (loaded, connection) = loop {
+            match store::lock_and_load(&mut conn, workspace).await? {
+                None => return Ok(PollOutcome::Gone),
+                Some((true, loaded, connection)) => break (loaded, connection),
+                // A scheduled poll just skips; a message waits, since the poll under
+                // way may have started before the change the message announces.
+                Some((false, ..)) if trigger.is_scheduled() || Instant::now() >= deadline => {
+                    return Ok(PollOutcome::Locked)
+                }
+                Some((false, ..)) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        };
         let mut locked = LockedConnection {
             conn: Some(conn),
             workspace,
+            unlocked: false,
         };
-        let outcome = poll_locked(ctx, cache, locked.connection(), workspace, trigger).await;
+        let asked = Asked {
+            priority: trigger.priority(),
+            freshness,
+        };
+        let outcome = poll_locked(ctx, cache, &mut locked, loaded, connection, asked).await;
         locked.release().await;
         ctx.metrics
             .poll_duration
@@ -180,6 +196,8 @@ pub async fn poll_workspace(
 struct LockedConnection<'a> {
     conn: Option<PooledConnection<AsyncPgConnection>>,
     workspace: &'a WorkspaceId,
+    /// The lock went with the poll's result ([`store::record_and_unlock`]).
+    unlocked: bool,
 }
 
 impl LockedConnection<'_> {
@@ -187,9 +205,22 @@ impl LockedConnection<'_> {
         self.conn.as_mut().expect("held until released")
     }
 
+    /// Records the poll's result and gives the lock up in one statement; false when
+    /// the settings changed meanwhile (nothing written, the lock still held).
+    async fn record_and_unlock(
+        &mut self,
+        generation: i64,
+        error: Option<&str>,
+    ) -> Result<bool, diesel::result::Error> {
+        let workspace = self.workspace;
+        self.unlocked =
+            store::record_and_unlock(self.connection(), workspace, generation, error).await?;
+        Ok(self.unlocked)
+    }
+
     async fn release(mut self) {
         let mut conn = self.conn.take().expect("released once");
-        if !matches!(store::unlock(&mut conn, self.workspace).await, Ok(true)) {
+        if !self.unlocked && !matches!(store::unlock(&mut conn, self.workspace).await, Ok(true)) {
             let _ = PooledConnection::take(conn);
         }
     }
@@ -220,30 +251,23 @@ impl From<diesel::result::Error> for Stop {
 async fn poll_locked(
     ctx: &PollContext,
     cache: &CycleCache,
-    conn: &mut AsyncPgConnection,
-    workspace_id: &WorkspaceId,
-    trigger: Trigger,
+    locked: &mut LockedConnection<'_>,
+    workspace: Workspace,
+    connection: Option<VcsConnection>,
+    asked: Asked,
 ) -> Result<PollOutcome, PollError> {
-    if trigger == Trigger::Message {
-        store::mark_attempt(conn, workspace_id).await?;
-    }
-    let Some((workspace, connection)) = store::load(conn, workspace_id).await? else {
-        return Ok(PollOutcome::Gone);
-    };
     if workspace.vcs_repo_url.is_empty() {
         return Ok(PollOutcome::Gone);
     }
     let mut report = PollReport::default();
     let result = match usable_connection(&workspace, connection) {
-        Ok(connection) => {
-            match Target::new(ctx, cache, &workspace, &connection, trigger.priority()).await {
-                Ok(target) => target.check(conn, &mut report).await,
-                Err(problem) => {
-                    report.problems.push(problem);
-                    Err(Stop::Problem)
-                }
+        Ok(connection) => match Target::new(ctx, cache, &workspace, &connection, asked).await {
+            Ok(target) => target.check(locked.connection(), &mut report).await,
+            Err(problem) => {
+                report.problems.push(problem);
+                Err(Stop::Problem)
             }
-        }
+        },
         Err(problem) => {
             report.problems.push(problem);
             Err(Stop::Problem)
@@ -254,11 +278,10 @@ async fn poll_locked(
         Err(Stop::Superseded) => return Ok(PollOutcome::Superseded),
         Err(Stop::Database(err)) => return Err(err.into()),
     }
-    let generation = workspace.vcs_settings_generation;
-    let recorded = match report.error_summary() {
-        None => store::record_success(conn, workspace_id, generation).await?,
-        Some(error) => store::record_error(conn, workspace_id, generation, &error).await?,
-    };
+    let error = report.error_summary();
+    let recorded = locked
+        .record_and_unlock(workspace.vcs_settings_generation, error.as_deref())
+        .await?;
     Ok(if recorded {
         PollOutcome::Polled(report)
     } else {
@@ -286,6 +309,13 @@ fn usable_connection(
     Ok(connection)
 }
 
+/// Who asked for a poll: its budget priority, and how fresh its answers must be.
+#[derive(Clone, Copy)]
+struct Asked {
+    priority: Priority,
+    freshness: Freshness,
+}
+
 /// The repository being polled for one workspace, and the cycle's memory of it.
 pub(crate) struct Target<'a> {
     pub(crate) ctx: &'a PollContext,
@@ -297,6 +327,7 @@ pub(crate) struct Target<'a> {
     pub(crate) key: RepoKey,
     /// The workspace's directory inside the repository.
     directory: WorkingDirectory,
+    freshness: Freshness,
 }
 
 impl<'a> Target<'a> {
@@ -305,22 +336,26 @@ impl<'a> Target<'a> {
         cache: &'a CycleCache,
         workspace: &'a Workspace,
         connection: &VcsConnection,
-        priority: Priority,
+        asked: Asked,
     ) -> Result<Target<'a>, PollProblem> {
         let repo = RepoUrl::parse(connection.provider, &workspace.vcs_repo_url)
             .map_err(|err| PollProblem::Settings(err.to_string()))?;
         tracing::Span::current().record("repository", repo.full_path().as_str());
         let client = cache
             .clients
-            .get_or_try_init(connection.id.clone(), || async {
-                ProviderClient::for_connection(
-                    &ctx.vcs,
-                    connection,
-                    ctx.settings.encryption.as_ref(),
-                    priority,
-                )
-                .map(Arc::new)
-            })
+            .get_or_try_init(
+                (connection.id.clone(), connection.updated_at),
+                Freshness::TIMELESS,
+                || async {
+                    ProviderClient::for_connection(
+                        &ctx.vcs,
+                        connection,
+                        ctx.settings.encryption.as_ref(),
+                        asked.priority,
+                    )
+                    .map(Arc::new)
+                },
+            )
             .await
             .map_err(|err| PollProblem::Provider(Arc::new(err)))?;
         Ok(Target {
@@ -335,6 +370,7 @@ impl<'a> Target<'a> {
             },
             repo,
             directory: WorkingDirectory::parse(&workspace.working_directory).unwrap_or_default(),
+            freshness: asked.freshness,
         })
     }
 
@@ -346,7 +382,9 @@ impl<'a> Target<'a> {
     async fn default_branch(&self) -> Result<String, Arc<VcsError>> {
         self.cache
             .default_branches
-            .get_or_try_init(self.key.clone(), || self.client.default_branch(&self.repo))
+            .get_or_try_init(self.key.clone(), self.freshness, || {
+                self.client.default_branch(&self.repo)
+            })
             .instrument(self.call_span("default_branch"))
             .await
             .map_err(Arc::new)
@@ -355,9 +393,11 @@ impl<'a> Target<'a> {
     async fn head(&self, branch: &str) -> Result<BranchHead, Arc<VcsError>> {
         self.cache
             .heads
-            .get_or_try_init((self.key.clone(), branch.to_owned()), || {
-                self.client.branch_head(&self.repo, branch)
-            })
+            .get_or_try_init(
+                (self.key.clone(), branch.to_owned()),
+                self.freshness,
+                || self.client.branch_head(&self.repo, branch),
+            )
             .instrument(self.call_span("branch_head"))
             .await
             .map_err(Arc::new)
@@ -366,12 +406,16 @@ impl<'a> Target<'a> {
     async fn pulls(&self, branch: &str) -> Result<Arc<Vec<PullRequest>>, Arc<VcsError>> {
         self.cache
             .pulls
-            .get_or_try_init((self.key.clone(), branch.to_owned()), || async {
-                self.client
-                    .open_pull_requests(&self.repo, branch)
-                    .await
-                    .map(Arc::new)
-            })
+            .get_or_try_init(
+                (self.key.clone(), branch.to_owned()),
+                self.freshness,
+                || async {
+                    self.client
+                        .open_pull_requests(&self.repo, branch)
+                        .await
+                        .map(Arc::new)
+                },
+            )
             .instrument(self.call_span("open_pull_requests"))
             .await
             .map_err(Arc::new)

@@ -14,10 +14,13 @@ use terrapod_shared::domain::{CommitSha, Provider, TriggerReason};
 use terrapod_shared::ids::{VcsConnectionId, WorkspaceId};
 use terrapod_shared::vcs::ArchiveLimits;
 
-use crate::cache::RepoKey;
+use crate::cache::{Freshness, RepoKey};
 
-/// Seed of the 64-bit advisory-lock keys of workspace polls.
+/// Seed of the 64-bit advisory-lock keys of workspace polls (`hashtextextended(id,
+/// seed)`); the SQL fragments below spell it out (0x7470 = 29808).
 const LOCK_SEED: i64 = 0x7470;
+const LOCK_WORKSPACE: &str = "pg_try_advisory_lock(hashtextextended(workspaces.id, 29808))";
+const UNLOCK_WORKSPACE: &str = "pg_advisory_unlock(hashtextextended(workspaces.id, 29808))";
 /// The longest error kept in `vcs-last-error`.
 const MAX_ERROR_CHARS: usize = 500;
 
@@ -47,6 +50,9 @@ pub struct Claimed {
     /// How long after it was due the workspace was claimed.
     #[diesel(sql_type = Double)]
     pub lag_seconds: f64,
+    /// When it was claimed (the database's clock).
+    #[diesel(sql_type = Timestamptz)]
+    pub claimed_at: DateTime<Utc>,
 }
 
 /// The database's clock: a cycle's start, as claims judge it.
@@ -105,7 +111,8 @@ pub async fn claim_due(
          RETURNING w.id, w.vcs_connection_id AS connection_id, w.vcs_repo_path AS repo_path,
              (SELECT c.provider FROM vcs_connections c WHERE c.id = w.vcs_connection_id) AS provider,
              coalesce(greatest(0, extract(epoch FROM now() - due.previous) - $2), 0)::float8
-                 AS lag_seconds",
+                 AS lag_seconds,
+             now() AS claimed_at",
     )
     .bind::<Timestamptz, _>(as_of)
     .bind::<Double, _>(interval_seconds)
@@ -114,81 +121,126 @@ pub async fn claim_due(
     .await
 }
 
-/// A message poll: marks the attempt (so the schedule does not poll it again at once).
-pub async fn mark_attempt(
+#[derive(QueryableByName)]
+struct Seconds {
+    #[diesel(sql_type = Double)]
+    seconds: f64,
+}
+
+/// Seconds until the next linked workspace falls due (negative when one is due now).
+pub async fn seconds_until_next_due(
     conn: &mut AsyncPgConnection,
-    workspace: &WorkspaceId,
-) -> QueryResult<()> {
-    diesel::update(workspaces::table.find(workspace))
-        .set(workspaces::vcs_last_attempt_at.eq(diesel::dsl::now))
-        .execute(conn)
-        .await
-        .map(drop)
+    interval_seconds: f64,
+) -> QueryResult<f64> {
+    diesel::sql_query(
+        "SELECT coalesce(extract(epoch FROM min(vcs_last_attempt_at) + make_interval(secs => $1) - now()), 0)::float8
+             * (CASE WHEN bool_or(vcs_last_attempt_at IS NULL) THEN 0 ELSE 1 END) AS seconds
+         FROM workspaces WHERE vcs_repo_url <> ''",
+    )
+    .bind::<Double, _>(interval_seconds)
+    .get_result::<Seconds>(conn)
+    .await
+    .map(|row| row.seconds)
+}
+
+#[derive(QueryableByName)]
+struct Taken {
+    #[diesel(sql_type = Timestamptz)]
+    taken_at: DateTime<Utc>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    requested_at: Option<DateTime<Utc>>,
 }
 
 /// A poller took the workspace's queued poll message: a request arriving from now on
-/// queues another one (the poll about to start may read the provider before it).
-pub async fn clear_poll_queued(
+/// queues another one, and the attempt is marked (so the schedule does not poll it
+/// again at once). Returns how fresh the poll's answers must be: no older than the
+/// last request for it (which may have been folded into this message), or than this
+/// moment when no request was recorded.
+pub async fn take_poll_request(
     conn: &mut AsyncPgConnection,
     workspace: &WorkspaceId,
-) -> QueryResult<()> {
-    diesel::update(workspaces::table.find(workspace))
-        .filter(workspaces::vcs_poll_queued_at.is_not_null())
-        .set(workspaces::vcs_poll_queued_at.eq(None::<DateTime<Utc>>))
-        .execute(conn)
-        .await
-        .map(drop)
+) -> QueryResult<Freshness> {
+    let taken: Option<Taken> = diesel::sql_query(
+        "UPDATE workspaces SET vcs_poll_queued_at = NULL, vcs_last_attempt_at = now()
+         WHERE id = $1
+         RETURNING now() AS taken_at, vcs_poll_requested_at AS requested_at",
+    )
+    .bind::<Text, _>(workspace.as_str())
+    .get_result(conn)
+    .await
+    .optional()?;
+    let taken_at = match &taken {
+        Some(taken) => taken.taken_at,
+        None => database_now(conn).await?,
+    };
+    Ok(Freshness {
+        not_before: taken
+            .and_then(|taken| taken.requested_at)
+            .unwrap_or(taken_at)
+            .min(taken_at),
+        stamp: taken_at,
+    })
 }
 
-/// The workspace and its connection (if it still has one).
-pub async fn load(
+/// Takes the workspace's session advisory lock if it is free and, in the same
+/// statement, reads the workspace and its connection (if it still has one). `None`
+/// when the workspace is gone; `Some((false, …))` when another poll holds the lock.
+pub async fn lock_and_load(
     conn: &mut AsyncPgConnection,
     workspace: &WorkspaceId,
-) -> QueryResult<Option<(Workspace, Option<VcsConnection>)>> {
+) -> QueryResult<Option<(bool, Workspace, Option<VcsConnection>)>> {
     workspaces::table
         .find(workspace)
         .left_join(vcs_connections::table)
-        .select((Workspace::as_select(), Option::<VcsConnection>::as_select()))
+        .select((
+            diesel::dsl::sql::<Bool>(LOCK_WORKSPACE),
+            Workspace::as_select(),
+            Option::<VcsConnection>::as_select(),
+        ))
         .first(conn)
         .await
         .optional()
 }
 
-/// Records a successful poll, unless the settings changed since `generation` (then
-/// the result belongs to settings that no longer exist). False when not recorded.
-pub async fn record_success(
+/// Records a poll's result and releases the workspace's lock in one statement —
+/// unless the settings changed since `generation` (the result belongs to settings
+/// that no longer exist): then nothing is written, the lock is still held, and
+/// `false` is returned. `error` is `None` for a successful poll.
+pub async fn record_and_unlock(
     conn: &mut AsyncPgConnection,
     workspace: &WorkspaceId,
     generation: i64,
+    error: Option<&str>,
 ) -> QueryResult<bool> {
-    diesel::update(workspaces::table.find(workspace))
-        .filter(workspaces::vcs_settings_generation.eq(generation))
-        .set((
-            workspaces::vcs_last_polled_at.eq(diesel::dsl::now),
-            workspaces::vcs_last_error.eq(None::<String>),
-            workspaces::vcs_last_error_at.eq(None::<DateTime<Utc>>),
-        ))
-        .execute(conn)
-        .await
-        .map(|updated| updated == 1)
-}
-
-/// Records a failed poll's reason (cut short), like [`record_success`].
-pub async fn record_error(
-    conn: &mut AsyncPgConnection,
-    workspace: &WorkspaceId,
-    generation: i64,
-    error: &str,
-) -> QueryResult<bool> {
-    diesel::update(workspaces::table.find(workspace))
-        .filter(workspaces::vcs_settings_generation.eq(generation))
-        .set((
-            workspaces::vcs_last_error.eq(short_error(error)),
-            workspaces::vcs_last_error_at.eq(diesel::dsl::now),
-        ))
-        .execute(conn)
-        .await
-        .map(|updated| updated == 1)
+    let target = workspaces::table
+        .find(workspace)
+        .filter(workspaces::vcs_settings_generation.eq(generation));
+    let unlocked = diesel::dsl::sql::<Bool>(UNLOCK_WORKSPACE);
+    let recorded: Option<bool> = match error {
+        None => {
+            diesel::update(target)
+                .set((
+                    workspaces::vcs_last_polled_at.eq(diesel::dsl::now),
+                    workspaces::vcs_last_error.eq(None::<String>),
+                    workspaces::vcs_last_error_at.eq(None::<DateTime<Utc>>),
+                ))
+                .returning(unlocked)
+                .get_result(conn)
+                .await
+        }
+        Some(error) => {
+            diesel::update(target)
+                .set((
+                    workspaces::vcs_last_error.eq(short_error(error)),
+                    workspaces::vcs_last_error_at.eq(diesel::dsl::now),
+                ))
+                .returning(unlocked)
+                .get_result(conn)
+                .await
+        }
+    }
+    .optional()?;
+    Ok(recorded.is_some())
 }
 
 /// At most [`MAX_ERROR_CHARS`] characters, marked when cut.
@@ -338,4 +390,19 @@ pub async fn remember_refusal(
         .execute(conn)
         .await
         .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_lock_statement_uses_the_same_key() {
+        for fragment in [LOCK_WORKSPACE, UNLOCK_WORKSPACE] {
+            assert!(
+                fragment.contains(&format!("hashtextextended(workspaces.id, {LOCK_SEED})")),
+                "{fragment}"
+            );
+        }
+    }
 }

@@ -283,7 +283,7 @@ pub async fn drain_poll_messages(app: &TestApp) -> Vec<terrapod_shared::queue::P
     let mut conn = app.connection().await;
     for message in &messages {
         if let Some(id) = terrapod_shared::queue::PollMessage::workspace(message) {
-            terrapod_poller::store::clear_poll_queued(&mut conn, &id)
+            terrapod_poller::store::take_poll_request(&mut conn, &id)
                 .await
                 .unwrap();
         }

@@ -1,245 +1,189 @@
-//! Polling at scale against the simulator, with release `terrapod-poller` processes:
+//! Polling at scale against the simulator answering like GitHub (every answer takes
+//! `--latency-ms`, 150 by default), with release `terrapod-poller` processes:
 //!
-//! 1. idle polling cost: 10,000 workspaces over 1,000 repositories, nothing changing —
-//!    per interval: polls, provider requests (rate-limit-counted vs 304), poller CPU
-//!    seconds and peak RSS;
-//! 2. burst: a new commit on every repository at once → time until all 10,000 runs
-//!    exist, with 1, 2 and 4 poller replicas.
+//! 1. idle: `--repos` repositories (1,000) over `--installations` App installations
+//!    (10), `--per-repo` workspaces each (10): the first pass, then one idle interval —
+//!    polls, rate-limit-counted requests, 304s, lag, poller CPU and peak RSS;
+//! 2. a burst of `--webhooks` push webhooks (200), one after another, during that busy
+//!    schedule: webhook-to-run latency (every workspace of the repository has its run)
+//!    beside the provider time one webhook-triggered poll needs;
+//! 3. the same pass with 1, 2 and 4 replicas: latency-bound work shared.
 
 use std::time::{Duration, Instant};
 
-use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
-use terrapod_bench::{arg, free_port, Measured};
-use terrapod_shared::crypto::KeyRing;
-use terrapod_shared::db::models::{NewVcsConnection, NewWorkspace};
-use terrapod_shared::db::schema::{runs, vcs_connections, workspaces};
-use terrapod_shared::domain::{ConnectionStatus, ExecutionMode, Provider};
-use terrapod_shared::ids::{VcsConnectionId, WorkspaceId};
-use terrapod_test_support::{
-    TestDatabase, TestVhost, GITHUB_APP_TEST_KEY, GITHUB_APP_TEST_PUBLIC_KEY,
-};
-use terrapod_vcs_sim::{Kind, Simulator};
+use terrapod_bench::{arg, metric, ms, percentile, wait_until, Fleet, Measured};
+use terrapod_vcs_sim::Kind;
 
-async fn count(db: &TestDatabase, query: &str) -> i64 {
-    #[derive(QueryableByName)]
-    struct Count {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        n: i64,
+const WEBHOOK_SECRET: &str = "bench-webhook-secret";
+
+async fn poller_metrics(env: &[(String, String)]) -> String {
+    let listen = env
+        .iter()
+        .find(|(k, _)| k == "TERRAPOD_POLLER__LISTEN")
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    match reqwest::get(format!("http://{listen}/metrics")).await {
+        Ok(response) => response.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
     }
-    let mut conn = db.connection().await;
-    diesel::sql_query(query)
-        .get_result::<Count>(&mut conn)
-        .await
-        .unwrap()
-        .n
-}
-
-async fn run_count(db: &TestDatabase) -> i64 {
-    let mut conn = db.connection().await;
-    runs::table.count().get_result(&mut conn).await.unwrap()
-}
-
-async fn wait_until(
-    what: &str,
-    timeout: Duration,
-    mut done: impl AsyncFnMut() -> bool,
-) -> Duration {
-    let started = Instant::now();
-    while !done().await {
-        assert!(started.elapsed() < timeout, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    started.elapsed()
 }
 
 #[tokio::main]
 async fn main() {
     let repos = arg("--repos", 1000);
     let per_repo = arg("--per-repo", 10);
+    let installations = arg("--installations", 10);
     let interval = arg("--interval", 60) as u64;
-    let total = (repos * per_repo) as i64;
-    let db = TestDatabase::new().await;
-    let vhost = TestVhost::new();
-    let sim = Simulator::start().await.unwrap();
-    sim.add_github_app(1, GITHUB_APP_TEST_PUBLIC_KEY);
-    sim.add_installation(1, 1, "bench", None);
-    sim.set_rate_limit(Kind::Github, 100_000_000, 3600);
-
+    let latency = arg("--latency-ms", 150) as u64;
+    let webhooks = arg("--webhooks", 200);
     let setup = Instant::now();
-    for r in 0..repos {
-        sim.create_repo(
-            Kind::Github,
-            &format!("bench/repo-{r}"),
-            &[("main.tf", &format!("# repo {r}\n"))],
-        );
-    }
-    let key = KeyRing::generate_key();
-    let connection = VcsConnectionId::generate();
-    {
-        let mut conn = db.connection().await;
-        let credential = KeyRing::parse(&key).unwrap().encrypt(GITHUB_APP_TEST_KEY);
-        diesel::insert_into(vcs_connections::table)
-            .values(NewVcsConnection {
-                id: &connection,
-                organization_name: "default",
-                name: "github",
-                provider: Provider::GitHub,
-                server_url: sim.url(),
-                status: ConnectionStatus::Active,
-                github_app_id: Some(1),
-                github_installation_id: Some(1),
-                github_account_login: None,
-                github_account_type: None,
-                encrypted_credential: Some(&credential),
-            })
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        let rows: Vec<(WorkspaceId, String, String, String)> = (0..repos)
-            .flat_map(|r| {
-                (0..per_repo).map(move |w| {
-                    (
-                        WorkspaceId::generate(),
-                        format!("ws-{r}-{w}"),
-                        format!("https://github.com/bench/repo-{r}"),
-                        format!("bench/repo-{r}"),
-                    )
-                })
-            })
-            .collect();
-        for chunk in rows.chunks(1000) {
-            let values: Vec<NewWorkspace> = chunk
-                .iter()
-                .map(|(id, name, url, path)| NewWorkspace {
-                    id,
-                    organization_name: "default",
-                    name,
-                    execution_mode: ExecutionMode::Remote,
-                    auto_apply: false,
-                    vcs_connection_id: Some(&connection),
-                    vcs_repo_url: url,
-                    vcs_repo_path: path,
-                    vcs_branch: "main",
-                    working_directory: "",
-                })
-                .collect();
-            diesel::insert_into(workspaces::table)
-                .values(values)
-                .execute(&mut conn)
-                .await
-                .unwrap();
-        }
-    }
+    let fleet = Fleet::build(repos, per_repo, installations).await;
+    let total = fleet.workspaces();
+    fleet.sim.set_latency(latency, 0);
     eprintln!(
-        "setup: {repos} repositories, {total} workspaces in {:.1}s",
+        "setup: {repos} repositories over {installations} installations, {total} workspaces in {:.1}s",
         setup.elapsed().as_secs_f64()
     );
 
-    let env = |port: u16| -> Vec<(String, String)> {
-        vec![
-            ("TERRAPOD_DATABASE__URL".into(), db.url().to_owned()),
-            ("TERRAPOD_AMQP__URL".into(), vhost.url()),
-            ("TERRAPOD_ENCRYPTION__KEY".into(), key.clone()),
-            (
-                "TERRAPOD_VCS__POLL_INTERVAL_SECONDS".into(),
-                interval.to_string(),
-            ),
-            (
-                "TERRAPOD_POLLER__LISTEN".into(),
-                format!("127.0.0.1:{port}"),
-            ),
-        ]
-    };
-
     // 1. The first pass creates a run per workspace; the next interval is idle.
-    let mut poller = Measured::spawn("terrapod-poller", &["run"], &env(free_port()));
-    let first_pass = wait_until("the first pass", Duration::from_secs(1200), async || {
-        count(
-            &db,
-            "SELECT count(*) AS n FROM workspaces WHERE vcs_last_polled_at IS NOT NULL",
-        )
-        .await
+    let env = fleet.poller_env(interval, &[]);
+    let mut poller = Measured::spawn("terrapod-poller", &["run"], &env);
+    let first_pass = wait_until("the first pass", Duration::from_secs(1800), async || {
+        fleet
+            .count("SELECT count(*) AS n FROM workspaces WHERE vcs_last_polled_at IS NOT NULL")
+            .await
             == total
     })
     .await;
-    let (cpu_first, stats_first) = (poller.cpu_seconds(), sim.stats(Kind::Github));
+    let (cpu_first_pass, stats_first_pass) =
+        (poller.cpu_seconds(), fleet.sim.stats(Kind::Github));
+    // One interval to settle (the first pass took longer than the interval, so the
+    // next cycle starts late), then one idle interval measured.
+    tokio::time::sleep(Duration::from_secs(interval)).await;
+    let (cpu_first, stats_first) = (poller.cpu_seconds(), fleet.sim.stats(Kind::Github));
     let idle_start = chrono::Utc::now();
-    tokio::time::sleep(Duration::from_secs(interval + 12)).await;
-    let repolled = count(
-        &db,
-        &format!(
-            "SELECT count(*) AS n FROM workspaces WHERE vcs_last_attempt_at >= '{}'",
+    let mut max_lag: f64 = 0.0;
+    let idle = Instant::now();
+    while idle.elapsed() < Duration::from_secs(interval + 15) {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let page = poller_metrics(&env).await;
+        max_lag = max_lag.max(
+            metric(&page, "terrapod_vcs_poll_lag_seconds{provider=\"github\"}").unwrap_or(0.0),
+        );
+    }
+    let repolled = fleet
+        .count(&format!(
+            "SELECT count(*) AS n FROM workspaces WHERE vcs_last_polled_at >= '{}'",
             idle_start.to_rfc3339()
-        ),
-    )
-    .await;
-    let stats_idle = sim.stats(Kind::Github);
+        ))
+        .await;
+    let stats_idle = fleet.sim.stats(Kind::Github);
     let cpu_idle = poller.cpu_seconds() - cpu_first;
-    let rss_idle = poller.peak_rss_mib();
-    poller.terminate();
-    let runs_after_first = run_count(&db).await;
+    let rss = poller.peak_rss_mib();
 
-    println!("## Idle polling: {total} workspaces over {repos} repositories, interval {interval} s, one replica");
+    println!("## Idle polling: {total} workspaces over {repos} repositories and {installations} installations, {latency} ms per answer, interval {interval} s, one replica");
     println!();
-    println!("| phase | wall | workspaces polled | counted requests | 304 answers | archives | poller CPU | poller peak RSS |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| phase | wall | workspaces polled | counted requests | 304 answers | secondary-limit answers | archives | max lag | poller CPU | poller peak RSS |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| first pass (all new) | {:.1} s | {total} | {} | {} | {} | {:.1} s | {:.0} MiB |",
+        "| first pass (all new) | {:.1} s | {total} | {} | {} | {} | {} | — | {:.1} s | {:.0} MiB |",
         first_pass.as_secs_f64(),
-        stats_first.counted,
-        stats_first.not_modified,
-        stats_first.archives,
-        cpu_first,
-        rss_idle,
+        stats_first_pass.counted,
+        stats_first_pass.not_modified,
+        stats_first_pass.secondary_limited,
+        stats_first_pass.archives,
+        cpu_first_pass,
+        rss,
     );
     println!(
-        "| next interval (idle) | {} s window | {repolled} | {} | {} | {} | {:.1} s | {:.0} MiB |",
-        interval + 12,
+        "| an idle interval, after one to settle | {} s window | {repolled} | {} | {} | {} | {} | {max_lag:.1} s | {:.1} s | {:.0} MiB |",
+        interval + 15,
         stats_idle.counted - stats_first.counted,
         stats_idle.not_modified - stats_first.not_modified,
+        stats_idle.secondary_limited - stats_first.secondary_limited,
         stats_idle.archives - stats_first.archives,
         cpu_idle,
-        rss_idle,
-    );
-    println!();
-    println!(
-        "runs after the first pass: {runs_after_first}; tokens minted: {}",
-        stats_idle.tokens_minted
+        rss,
     );
     println!();
 
-    // 2. Bursts: a new commit on every repository, then N fresh replicas find all due.
-    println!("## Burst: a new commit on all {repos} repositories → {total} runs");
+    // 2. Webhooks, one after another, while the schedule keeps its pass going.
+    let api = fleet.start_api(WEBHOOK_SECRET).await;
+    fleet.sim.add_webhook(
+        Kind::Github,
+        &format!("{api}/api/v2/vcs-events/github"),
+        WEBHOOK_SECRET,
+    );
+    let mut latencies = Vec::with_capacity(webhooks);
+    let burst = Instant::now();
+    for n in 0..webhooks {
+        let (path, workspaces) = &fleet.repos[n % fleet.repos.len()];
+        let (sha, events) = fleet.sim.commit_quietly(
+            Kind::Github,
+            path,
+            "main",
+            &format!("change {n}"),
+            &[("n.tf", &n.to_string())],
+        );
+        let ids: Vec<String> = workspaces.iter().map(|id| format!("'{id}'")).collect();
+        let query = format!(
+            "SELECT count(*) AS n FROM runs WHERE vcs_commit_sha = '{sha}' AND workspace_id IN ({})",
+            ids.join(",")
+        );
+        let started = Instant::now();
+        fleet.sim.deliver(events).await;
+        while fleet.count(&query).await < workspaces.len() as i64 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        latencies.push(started.elapsed());
+    }
+    let burst_took = burst.elapsed();
+    let busy = poller.cpu_seconds();
+    poller.terminate();
+    latencies.sort();
+    // Before a webhook-triggered push run exists: the branch, then the archive (the
+    // API's redirect, then the download) — three answers.
+    let floor = Duration::from_millis(3 * latency);
+    println!("## {webhooks} push webhooks during the busy schedule ({per_repo} workspaces per repository)");
     println!();
-    println!("| replicas | time to all runs | runs/s | archives downloaded | counted requests | pollers' CPU | peak RSS per poller |");
+    println!("| floor (3 answers × {latency} ms) | p50 | p95 | p99 | max | p99 / floor |");
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| {} | {} | {} | {} | {} | {:.2} |",
+        ms(floor),
+        ms(percentile(&latencies, 50.0)),
+        ms(percentile(&latencies, 95.0)),
+        ms(percentile(&latencies, 99.0)),
+        ms(*latencies.last().unwrap()),
+        percentile(&latencies, 99.0).as_secs_f64() / floor.as_secs_f64(),
+    );
+    println!();
+    eprintln!(
+        "webhooks took {:.1}s in all; poller CPU so far {busy:.1}s",
+        burst_took.as_secs_f64()
+    );
+
+    // 3. One pass with 1, 2 and 4 replicas (nothing changed: latency-bound polling).
+    println!("## One pass over {total} workspaces, {latency} ms per answer");
+    println!();
+    println!("| replicas | pass | speed-up | counted requests | 304 answers | pollers' CPU | peak RSS per poller |");
     println!("|---|---|---|---|---|---|---|");
+    let mut single = None;
     for replicas in [1usize, 2, 4] {
-        for r in 0..repos {
-            sim.commit(
-                Kind::Github,
-                &format!("bench/repo-{r}"),
-                "main",
-                &format!("burst {replicas}"),
-                &[("burst.tf", &replicas.to_string())],
-            )
-            .await;
-        }
-        {
-            let mut conn = db.connection().await;
-            diesel::update(workspaces::table)
-                .set(workspaces::vcs_last_attempt_at.eq(None::<chrono::DateTime<chrono::Utc>>))
-                .execute(&mut conn)
-                .await
-                .unwrap();
-        }
-        let target = run_count(&db).await + total;
-        let before = sim.stats(Kind::Github);
+        fleet.make_all_due().await;
+        let start = chrono::Utc::now();
+        let before = fleet.sim.stats(Kind::Github);
         let mut pollers: Vec<Measured> = (0..replicas)
-            .map(|_| Measured::spawn("terrapod-poller", &["run"], &env(free_port())))
+            .map(|_| Measured::spawn("terrapod-poller", &["run"], &fleet.poller_env(3600, &[])))
             .collect();
-        let elapsed = wait_until("the burst", Duration::from_secs(1200), async || {
-            run_count(&db).await >= target
+        let pass = wait_until("the pass", Duration::from_secs(1800), async || {
+            fleet
+                .count(&format!(
+                    "SELECT count(*) AS n FROM workspaces WHERE vcs_last_polled_at >= '{}'",
+                    start.to_rfc3339()
+                ))
+                .await
+                == total
         })
         .await;
         let cpu: f64 = pollers.iter().map(Measured::cpu_seconds).sum();
@@ -250,16 +194,17 @@ async fn main() {
         for poller in &mut pollers {
             poller.terminate();
         }
-        let after = sim.stats(Kind::Github);
+        let after = fleet.sim.stats(Kind::Github);
+        let single_pass = *single.get_or_insert(pass);
         println!(
-            "| {replicas} | {:.1} s | {:.0} | {} | {} | {:.1} s | {:.0} MiB |",
-            elapsed.as_secs_f64(),
-            total as f64 / elapsed.as_secs_f64(),
-            after.archives - before.archives,
+            "| {replicas} | {:.1} s | {:.2}× | {} | {} | {:.1} s | {:.0} MiB |",
+            pass.as_secs_f64(),
+            single_pass.as_secs_f64() / pass.as_secs_f64(),
             after.counted - before.counted,
+            after.not_modified - before.not_modified,
             cpu,
             rss
         );
     }
-    sim.stop().await;
+    fleet.sim.stop().await;
 }

@@ -468,3 +468,74 @@ async fn a_poll_cancelled_midway_gives_its_lock_up() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deliverys_polls_share_answers_but_never_older_than_what_they_were_asked_to_see() {
+    use diesel::{ExpressionMethods, QueryDsl};
+    use terrapod_poller::cache::CycleCache;
+    use terrapod_poller::poll::{poll_workspace, Trigger};
+    use terrapod_shared::db::schema::workspaces;
+
+    let world = World::new().await;
+    let first_head = world
+        .sim
+        .create_repo(Kind::Github, "acme/mono", &[("main.tf", "")]);
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(
+            world
+                .workspace(&format!("w{n}"), Kind::Github, "acme/mono", "main")
+                .await,
+        );
+    }
+    // What the API does for a webhook: every workspace asked for, a message queued.
+    let ask = async |which: &[WorkspaceId]| {
+        let mut conn = world.db.connection().await;
+        diesel::update(workspaces::table.filter(workspaces::id.eq_any(which)))
+            .set((
+                workspaces::vcs_poll_requested_at.eq(diesel::dsl::now),
+                workspaces::vcs_poll_queued_at.eq(diesel::dsl::now),
+            ))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    };
+    ask(&ids).await;
+    let ctx = world.context(&[]);
+    let delivery = CycleCache::default();
+    let poll_with = async |ws: &WorkspaceId| {
+        match poll_workspace(&ctx, &delivery, ws, Trigger::Message).await.unwrap() {
+            terrapod_poller::poll::PollOutcome::Polled(report) => report.runs_created,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(poll_with(&ids[0]).await, 1);
+    let after_first = world.sim.stats(Kind::Github);
+
+    // A second push; its webhook folds into the messages still queued for w1 (and
+    // not w2, to show the difference).
+    let second_head = world
+        .sim
+        .commit(Kind::Github, "acme/mono", "main", "Second", &[("b.tf", "")])
+        .await;
+    ask(&ids[1..2]).await;
+    assert_eq!(poll_with(&ids[1]).await, 1, "w1 must see the second push");
+    assert_eq!(world.runs(&ids[1]).await[0].vcs_commit_sha, second_head);
+    let after_second = world.sim.stats(Kind::Github);
+    assert!(
+        after_second.counted + after_second.not_modified
+            > after_first.counted + after_first.not_modified,
+        "w1 asked the provider again"
+    );
+    // w2 was asked for by the first delivery only: any of the delivery's answers do,
+    // and the freshest (w1's) is the one kept.
+    assert_eq!(poll_with(&ids[2]).await, 1);
+    assert_eq!(world.runs(&ids[2]).await[0].vcs_commit_sha, second_head);
+    assert_eq!(world.runs(&ids[0]).await[0].vcs_commit_sha, first_head);
+    let after_third = world.sim.stats(Kind::Github);
+    assert_eq!(
+        after_third.counted + after_third.not_modified,
+        after_second.counted + after_second.not_modified,
+        "w2 reused the delivery's answers"
+    );
+}

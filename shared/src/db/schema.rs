@@ -57,6 +57,7 @@ diesel::table! {
         run_count -> Int8,
         vcs_settings_generation -> Int8,
         vcs_poll_queued_at -> Nullable<Timestamptz>,
+        vcs_poll_requested_at -> Nullable<Timestamptz>,
     }
 }
 
