@@ -9,7 +9,7 @@
 //! into that message, announced. No database connection is held while publishing.
 
 use diesel::prelude::*;
-use diesel::sql_types::{Array, Bool, Integer, Text};
+use diesel::sql_types::{Array, Bool, Integer, Text, Timestamptz};
 use diesel_async::RunQueryDsl;
 use terrapod_shared::db::schema::workspaces;
 use terrapod_shared::ids::WorkspaceId;
@@ -18,9 +18,9 @@ use terrapod_shared::queue::{PollMessage, PollReason};
 use crate::error::ApiError;
 use crate::startup::AppState;
 
-/// A queued message not taken within this long is presumed lost (a broker that
-/// restarted without it); a new request queues another.
-const QUEUED_AT_MOST_MINUTES: i32 = 10;
+/// A queued message not taken within this long is presumed lost (dead-lettered after
+/// a database outage, say); a new request queues another.
+const QUEUED_AT_MOST_MINUTES: i32 = 5;
 
 #[derive(QueryableByName)]
 struct Marked {
@@ -29,6 +29,9 @@ struct Marked {
     /// No message was queued: publish one.
     #[diesel(sql_type = Bool)]
     publish: bool,
+    /// The mark this request set (the same for every row of the statement).
+    #[diesel(sql_type = Timestamptz)]
+    marked_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// Records the request on every workspace (so a queued poll knows what it must see)
@@ -43,7 +46,7 @@ pub async fn queue(
     if workspaces.is_empty() {
         return Ok(());
     }
-    let to_publish: Vec<WorkspaceId> = {
+    let (to_publish, marked_at): (Vec<WorkspaceId>, _) = {
         let mut conn = state.pool.get().await?;
         let marked: Vec<Marked> = diesel::sql_query(
             "UPDATE workspaces SET
@@ -53,7 +56,7 @@ pub async fn queue(
                           OR vcs_poll_queued_at < now() - make_interval(mins => $2)
                      THEN now() ELSE vcs_poll_queued_at END
              WHERE id = ANY($1)
-             RETURNING id, vcs_poll_queued_at = now() AS publish",
+             RETURNING id, vcs_poll_queued_at = now() AS publish, now() AS marked_at",
         )
         .bind::<Array<Text>, _>(
             workspaces
@@ -64,11 +67,13 @@ pub async fn queue(
         .bind::<Integer, _>(QUEUED_AT_MOST_MINUTES)
         .load(&mut conn)
         .await?;
-        marked
+        let marked_at = marked.iter().map(|m| m.marked_at).next();
+        let ids = marked
             .into_iter()
             .filter(|m| m.publish)
             .map(|m| m.id)
-            .collect()
+            .collect();
+        (ids, marked_at)
     };
     for (published, workspace) in to_publish.iter().enumerate() {
         let sent = state
@@ -77,10 +82,12 @@ pub async fn queue(
             .await;
         if let Err(err) = sent {
             tracing::warn!(error = %err, workspace.id = %workspace, "cannot queue a poll");
-            // Nothing is queued for these after all: the next request tries again.
+            // Nothing is queued for these after all: the next request tries again. Only
+            // this request's marks go (a later request may have queued one meanwhile).
             let mut conn = state.pool.get().await?;
             diesel::update(workspaces::table)
                 .filter(workspaces::id.eq_any(&to_publish[published..]))
+                .filter(workspaces::vcs_poll_queued_at.eq(marked_at))
                 .set(workspaces::vcs_poll_queued_at.eq(None::<chrono::DateTime<chrono::Utc>>))
                 .execute(&mut conn)
                 .await?;

@@ -6,8 +6,11 @@ CREATE TABLE configuration_archive_chunks (
     data           BYTEA NOT NULL,
     PRIMARY KEY (archive_sha256, seq)
 );
+-- Existing archives are cut into chunks of 1 MiB too (an empty one is one empty chunk).
 INSERT INTO configuration_archive_chunks (archive_sha256, seq, data)
-    SELECT sha256, 0, data FROM configuration_archives;
+    SELECT a.sha256, c.seq, substring(a.data FROM c.seq * 1048576 + 1 FOR 1048576)
+    FROM configuration_archives a,
+         generate_series(0, greatest((octet_length(a.data) - 1) / 1048576, 0)) AS c(seq);
 ALTER TABLE configuration_archives DROP COLUMN data;
 
 -- What the archive of a commit turned out to be, per connection and repository:
@@ -42,9 +45,12 @@ ALTER TABLE workspaces ADD COLUMN vcs_poll_requested_at TIMESTAMPTZ;
 -- bucket (a second, in production) over the last 62 buckets, in a ring indexed by
 -- bucket % 62 (`seconds` says which bucket each count belongs to).
 CREATE TABLE provider_budgets (
-    budget_key TEXT PRIMARY KEY,
-    counts     INTEGER[] NOT NULL,
-    seconds    BIGINT[] NOT NULL,
+    budget_key    TEXT PRIMARY KEY,
+    counts        INTEGER[] NOT NULL,
+    seconds       BIGINT[] NOT NULL,
+    -- The provider answered "rate limited, come back then": no replica asks before.
+    blocked_until TIMESTAMPTZ,
+    updated_at    TIMESTAMPTZ NOT NULL DEFAULT now(),
     CHECK (cardinality(counts) = 62 AND cardinality(seconds) = 62)
 );
 -- Concurrent requests per budget: one row per slot, leased for the length of a request.

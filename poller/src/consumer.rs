@@ -28,6 +28,10 @@ use tracing::Instrument;
 use crate::cache::CycleCache;
 use crate::poll::{poll_workspace, PollContext, PollOutcome, Trigger};
 
+/// How long a message whose poll failed (the database is away) waits before it is
+/// handed back: its redeliveries then span about half a minute, not milliseconds.
+const REQUEUE_PAUSE: Duration = Duration::from_secs(5);
+
 /// Reconnection delays: 1 s doubling to 30 s, started over once consuming works.
 fn reconnect_delays() -> impl Iterator<Item = Duration> {
     ExponentialBuilder::default()
@@ -117,11 +121,12 @@ async fn consume(
 }
 
 /// The caches of recent webhook deliveries, by delivery id: a delivery's messages may
-/// be taken over several seconds (more workspaces than the prefetch).
+/// be taken over several seconds (more workspaces than the prefetch). Bounded: 200
+/// deliveries, each forgotten 30 s after its last poll.
 fn delivery_caches() -> moka::sync::Cache<String, Arc<CycleCache>> {
     moka::sync::Cache::builder()
-        .max_capacity(1_000)
-        .time_to_idle(Duration::from_secs(60))
+        .max_capacity(200)
+        .time_to_idle(Duration::from_secs(30))
         .build()
 }
 
@@ -157,8 +162,11 @@ async fn handle(ctx: &PollContext, cache: &CycleCache, delivery: Delivery) {
                 let _ = delivery.ack(BasicAckOptions::default()).await;
             }
             Err(err) => {
-                // Requeued; the queue's delivery limit dead-letters it if this persists.
+                // Requeued after a pause (the database is away: an immediate redelivery
+                // would fail too); the queue's delivery limit dead-letters it if this
+                // persists, and the schedule polls the workspace when it is back.
                 tracing::warn!(error = %err, "poll on request failed; requeued");
+                tokio::time::sleep(REQUEUE_PAUSE).await;
                 let _ = delivery
                     .nack(BasicNackOptions {
                         requeue: true,

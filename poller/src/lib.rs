@@ -10,6 +10,7 @@ mod archives;
 pub mod cache;
 pub mod consumer;
 pub mod cycle;
+pub mod housekeeping;
 pub mod metrics;
 pub mod poll;
 pub mod server;
@@ -116,6 +117,18 @@ pub async fn run(
     let server = server::build(ctx.clone(), listener)?;
     let server_handle = server.handle();
     let server_task = tokio::spawn(server);
+    // On shutdown, polls waiting for the provider's budget give up at once (their
+    // workspaces are handed back); polls under way finish.
+    let stopping = {
+        let (ctx, mut shutdown) = (ctx.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if shutdown.wait_for(|stop| *stop).await.is_ok() {
+                if let Some(budget) = ctx.vcs.http.budget() {
+                    budget.stop_waiting();
+                }
+            }
+        })
+    };
     let mut waiting = shutdown.clone();
     if !wait_for_database(&ctx, &mut waiting).await {
         tracing::info!("stopped before PostgreSQL could be reached");
@@ -127,7 +140,11 @@ pub async fn run(
         );
         let schedule = tokio::spawn(cycle::run_schedule(ctx.clone(), shutdown.clone()));
         let consumer = tokio::spawn(consumer::run_consumer(ctx.clone(), shutdown.clone()));
-        let _ = tokio::join!(schedule, consumer);
+        let housekeeping = tokio::spawn(housekeeping::run_housekeeping(
+            ctx.clone(),
+            shutdown.clone(),
+        ));
+        let _ = tokio::join!(schedule, consumer, housekeeping);
     } else {
         tracing::info!(
             "VCS polling is disabled (TERRAPOD_VCS__ENABLED=false); serving health only"
@@ -137,6 +154,7 @@ pub async fn run(
     }
     server_handle.stop(true).await;
     let _ = server_task.await;
+    stopping.abort();
     tracing::info!("VCS poller stopped");
     Ok(())
 }

@@ -82,9 +82,13 @@ async fn poll_once(
     workspace: Option<String>,
 ) -> ExitCode {
     let (stop, mut shutdown) = watch::channel(false);
+    let stopping = ctx.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
         let _ = stop.send(true);
+        if let Some(budget) = stopping.vcs.http.budget() {
+            budget.stop_waiting();
+        }
     });
     if !terrapod_poller::wait_for_database(&ctx, &mut shutdown).await {
         return ExitCode::FAILURE;
@@ -113,6 +117,10 @@ async fn poll_once(
                         }
                         None => ExitCode::SUCCESS,
                     }
+                }
+                Ok(PollOutcome::Interrupted) => {
+                    eprintln!("terrapod-poller: interrupted by a signal; nothing was recorded");
+                    ExitCode::FAILURE
                 }
                 Ok(PollOutcome::Superseded) => {
                     eprintln!("terrapod-poller: the workspace's VCS settings changed during the poll; nothing was recorded");

@@ -6,7 +6,7 @@
 //! all of them. Results are recorded only for the settings generation the poll read.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 
@@ -30,7 +30,7 @@ use tracing::Instrument;
 use crate::archives;
 use crate::cache::{CycleCache, Freshness, RepoKey};
 use crate::metrics::PollerMetrics;
-use crate::store;
+use crate::store::{self, Recorded};
 
 /// Everything a poll needs; one per process.
 pub struct PollContext {
@@ -55,8 +55,9 @@ impl PollContext {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Trigger {
-    /// Claimed by the schedule at `claimed_at` (its attempt time is already set).
-    Schedule { claimed_at: DateTime<Utc> },
+    /// Claimed by the schedule in the cycle that started at `cycle_started` (its
+    /// attempt time is already set): answers of that cycle will do.
+    Schedule { cycle_started: DateTime<Utc> },
     /// Asked for by a message (webhook, manual, linked): polled whatever its due time.
     Message,
 }
@@ -67,10 +68,6 @@ impl Trigger {
             Trigger::Schedule { .. } => Priority::Scheduled,
             Trigger::Message => Priority::Requested,
         }
-    }
-
-    fn is_scheduled(self) -> bool {
-        matches!(self, Trigger::Schedule { .. })
     }
 }
 
@@ -84,6 +81,9 @@ pub enum PollOutcome {
     /// The VCS settings changed while the poll ran; it recorded nothing, and the next
     /// poll (queued by the change) looks at the new settings.
     Superseded,
+    /// The process is shutting down: the poll recorded nothing, and the workspace is
+    /// due again at once (another replica takes it).
+    Interrupted,
 }
 
 /// What one poll did, and every problem it met.
@@ -133,8 +133,9 @@ pub enum PollError {
     Database(#[from] diesel::result::Error),
 }
 
-/// How long a message-triggered poll waits for a poll already under way.
-const LOCK_WAIT: Duration = Duration::from_secs(10);
+/// Rounds of one poll at most: another round runs, under the same lock, when a poll
+/// was asked for while this one ran, or when the workspace changed under it.
+const MAX_ROUNDS: usize = 3;
 
 pub async fn poll_workspace(
     ctx: &PollContext,
@@ -148,31 +149,21 @@ pub async fn poll_workspace(
         let mut conn = ctx.pool.get().await?;
         let freshness = match trigger {
             Trigger::Message => store::take_poll_request(&mut conn, workspace).await?,
-            Trigger::Schedule { claimed_at } => Freshness::from(claimed_at),
+            Trigger::Schedule { cycle_started } => Freshness::from(cycle_started),
         };
-        let deadline = Instant::now() + LOCK_WAIT;
-        let (loaded, connection) = loop {
-            match store::lock_and_load(&mut conn, workspace).await? {
-                None => return Ok(PollOutcome::Gone),
-                Some((true, loaded, connection)) => break (loaded, connection),
-                // A scheduled poll just skips; a message waits, since the poll under
-                // way may have started before the change the message announces.
-                Some((false, ..)) if trigger.is_scheduled() || Instant::now() >= deadline => {
-                    return Ok(PollOutcome::Locked)
-                }
-                Some((false, ..)) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
+        // A poll under way sees this request when it records its result, and polls
+        // again before giving its lock up: whoever holds the lock covers it.
+        let loaded = match store::lock_and_load(&mut conn, workspace).await? {
+            None => return Ok(PollOutcome::Gone),
+            Some((false, ..)) => return Ok(PollOutcome::Locked),
+            Some((true, loaded, connection)) => (loaded, connection),
         };
         let mut locked = LockedConnection {
             conn: Some(conn),
             workspace,
             unlocked: false,
         };
-        let asked = Asked {
-            priority: trigger.priority(),
-            freshness,
-        };
-        let outcome = poll_locked(ctx, cache, &mut locked, loaded, connection, asked).await;
+        let outcome = poll_rounds(ctx, cache, &mut locked, loaded, trigger, freshness).await;
         locked.release().await;
         ctx.metrics
             .poll_duration
@@ -187,6 +178,81 @@ pub async fn poll_workspace(
     }
     .instrument(span)
     .await
+}
+
+/// Polls under the lock, round after round while the workspace is asked for again or
+/// changes under the poll (at most [`MAX_ROUNDS`]).
+async fn poll_rounds(
+    ctx: &PollContext,
+    cache: &CycleCache,
+    locked: &mut LockedConnection<'_>,
+    loaded: (Workspace, Option<VcsConnection>),
+    trigger: Trigger,
+    mut freshness: Freshness,
+) -> Result<PollOutcome, PollError> {
+    let workspace_id = locked.workspace;
+    let mut runs_created = 0;
+    let mut loaded = Some(loaded);
+    for round in 1..=MAX_ROUNDS {
+        let (workspace, connection) = match loaded.take() {
+            Some(loaded) => loaded,
+            // Read again under the lock: what the last round read was stale.
+            None => match store::load(locked.connection(), workspace_id).await? {
+                Some(reloaded) => reloaded,
+                None => return Ok(PollOutcome::Gone),
+            },
+        };
+        if workspace.vcs_repo_url.is_empty() {
+            return Ok(PollOutcome::Gone);
+        }
+        let asked = Asked {
+            priority: trigger.priority(),
+            freshness,
+        };
+        let (mut report, result) =
+            poll_round(ctx, cache, locked, &workspace, connection, asked).await;
+        match result {
+            Ok(()) | Err(Stop::Problem) => {}
+            Err(Stop::Superseded) => {
+                runs_created += report.runs_created;
+                continue;
+            }
+            Err(Stop::Interrupted) => {
+                store::release_attempt(locked.connection(), workspace_id).await?;
+                return Ok(PollOutcome::Interrupted);
+            }
+            Err(Stop::Database(err)) => return Err(err.into()),
+        }
+        runs_created += report.runs_created;
+        report.runs_created = runs_created;
+        let last_round = round == MAX_ROUNDS;
+        // On the last round the lock goes whatever was asked meanwhile.
+        let answers_from = if last_round {
+            DateTime::<Utc>::MAX_UTC
+        } else {
+            freshness.stamp
+        };
+        let error = report.error_summary();
+        match locked
+            .record_and_unlock(
+                workspace.vcs_settings_generation,
+                error.as_deref(),
+                answers_from,
+            )
+            .await?
+        {
+            Recorded::Unlocked => return Ok(PollOutcome::Polled(report)),
+            Recorded::AskedAgain { requested_at, now } => {
+                tracing::debug!(round, "a poll was asked for meanwhile; polling again");
+                freshness = Freshness {
+                    not_before: requested_at,
+                    stamp: now,
+                };
+            }
+            Recorded::Superseded => {}
+        }
+    }
+    Ok(PollOutcome::Superseded)
 }
 
 /// A pooled connection holding a workspace's session advisory lock. Released by
@@ -205,17 +271,25 @@ impl LockedConnection<'_> {
         self.conn.as_mut().expect("held until released")
     }
 
-    /// Records the poll's result and gives the lock up in one statement; false when
-    /// the settings changed meanwhile (nothing written, the lock still held).
+    /// Records the poll's result and, unless asked again since `answers_from`, gives
+    /// the lock up in the same statement.
     async fn record_and_unlock(
         &mut self,
         generation: i64,
         error: Option<&str>,
-    ) -> Result<bool, diesel::result::Error> {
+        answers_from: DateTime<Utc>,
+    ) -> Result<Recorded, diesel::result::Error> {
         let workspace = self.workspace;
-        self.unlocked =
-            store::record_and_unlock(self.connection(), workspace, generation, error).await?;
-        Ok(self.unlocked)
+        let recorded = store::record_and_unlock(
+            self.connection(),
+            workspace,
+            generation,
+            error,
+            answers_from,
+        )
+        .await?;
+        self.unlocked = recorded == Recorded::Unlocked;
+        Ok(recorded)
     }
 
     async fn release(mut self) {
@@ -238,8 +312,22 @@ impl Drop for LockedConnection<'_> {
 enum Stop {
     /// The rest of the poll depends on what failed; the problem is in the report.
     Problem,
+    /// The workspace's last SHA or settings changed under the poll: read it again.
     Superseded,
+    /// The process is shutting down.
+    Interrupted,
     Database(diesel::result::Error),
+}
+
+impl Stop {
+    /// Puts a provider failure in the report (or ends the poll on shutdown).
+    fn provider(report: &mut PollReport, err: Arc<VcsError>) -> Stop {
+        if matches!(*err, VcsError::Interrupted) {
+            return Stop::Interrupted;
+        }
+        report.problems.push(PollProblem::Provider(err));
+        Stop::Problem
+    }
 }
 
 impl From<diesel::result::Error> for Stop {
@@ -248,20 +336,18 @@ impl From<diesel::result::Error> for Stop {
     }
 }
 
-async fn poll_locked(
+/// One round: the branch and the pull requests, with what it found.
+async fn poll_round(
     ctx: &PollContext,
     cache: &CycleCache,
     locked: &mut LockedConnection<'_>,
-    workspace: Workspace,
+    workspace: &Workspace,
     connection: Option<VcsConnection>,
     asked: Asked,
-) -> Result<PollOutcome, PollError> {
-    if workspace.vcs_repo_url.is_empty() {
-        return Ok(PollOutcome::Gone);
-    }
+) -> (PollReport, Result<(), Stop>) {
     let mut report = PollReport::default();
-    let result = match usable_connection(&workspace, connection) {
-        Ok(connection) => match Target::new(ctx, cache, &workspace, &connection, asked).await {
+    let result = match usable_connection(workspace, connection) {
+        Ok(connection) => match Target::new(ctx, cache, workspace, &connection, asked).await {
             Ok(target) => target.check(locked.connection(), &mut report).await,
             Err(problem) => {
                 report.problems.push(problem);
@@ -273,20 +359,7 @@ async fn poll_locked(
             Err(Stop::Problem)
         }
     };
-    match result {
-        Ok(()) | Err(Stop::Problem) => {}
-        Err(Stop::Superseded) => return Ok(PollOutcome::Superseded),
-        Err(Stop::Database(err)) => return Err(err.into()),
-    }
-    let error = report.error_summary();
-    let recorded = locked
-        .record_and_unlock(workspace.vcs_settings_generation, error.as_deref())
-        .await?;
-    Ok(if recorded {
-        PollOutcome::Polled(report)
-    } else {
-        PollOutcome::Superseded
-    })
+    (report, result)
 }
 
 fn usable_connection(
@@ -441,7 +514,6 @@ impl<'a> Target<'a> {
             commit_sha,
             trigger,
             working_directory: &self.directory,
-            auto_apply: self.workspace.auto_apply,
             archive,
         };
         match create_vcs_run(conn, new).await? {
@@ -466,14 +538,10 @@ impl<'a> Target<'a> {
         conn: &mut AsyncPgConnection,
         report: &mut PollReport,
     ) -> Result<(), Stop> {
-        let stop = |report: &mut PollReport, err: Arc<VcsError>| {
-            report.problems.push(PollProblem::Provider(err));
-            Stop::Problem
-        };
         let branch = if self.workspace.vcs_branch.is_empty() {
             self.default_branch()
                 .await
-                .map_err(|err| stop(report, err))?
+                .map_err(|err| Stop::provider(report, err))?
         } else {
             self.workspace.vcs_branch.clone()
         };
@@ -482,11 +550,18 @@ impl<'a> Target<'a> {
             Stop::Problem
         })?;
 
-        let head = self.head(&branch).await.map_err(|err| stop(report, err))?;
+        let head = self
+            .head(&branch)
+            .await
+            .map_err(|err| Stop::provider(report, err))?;
         if self.workspace.vcs_last_commit_sha.as_deref() != Some(head.sha.as_str()) {
             match archives::archive_for(self, conn, &head.sha).await? {
                 // The SHA is not advanced: the next poll tries again; nothing is lost.
-                Err(err) => report.problems.push(PollProblem::Provider(err)),
+                Err(err) => {
+                    if let Stop::Interrupted = Stop::provider(report, err) {
+                        return Err(Stop::Interrupted);
+                    }
+                }
                 Ok(archive) => {
                     let trigger = VcsTrigger::Push {
                         branch: branch_name.clone(),
@@ -498,7 +573,10 @@ impl<'a> Target<'a> {
             }
         }
 
-        let pulls = self.pulls(&branch).await.map_err(|err| stop(report, err))?;
+        let pulls = self
+            .pulls(&branch)
+            .await
+            .map_err(|err| Stop::provider(report, err))?;
         for pull in pulls.iter() {
             if pull.from_fork {
                 // Fork code would run with the workspace's credentials.
@@ -516,6 +594,9 @@ impl<'a> Target<'a> {
             }
             let archive = match archives::archive_for(self, conn, &pull.head_sha).await? {
                 Ok(archive) => archive,
+                Err(error) if matches!(*error, VcsError::Interrupted) => {
+                    return Err(Stop::Interrupted)
+                }
                 Err(error) => {
                     report.problems.push(PollProblem::PullRequest {
                         number: pull.number,

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Bool, Double, Nullable, Text, Timestamptz};
+use diesel::sql_types::{Array, BigInt, Bool, Double, Nullable, Text, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use terrapod_shared::archives::StoredArchive;
 use terrapod_shared::db::models::{VcsConnection, Workspace};
@@ -20,7 +20,11 @@ use crate::cache::{Freshness, RepoKey};
 /// seed)`); the SQL fragments below spell it out (0x7470 = 29808).
 const LOCK_SEED: i64 = 0x7470;
 const LOCK_WORKSPACE: &str = "pg_try_advisory_lock(hashtextextended(workspaces.id, 29808))";
-const UNLOCK_WORKSPACE: &str = "pg_advisory_unlock(hashtextextended(workspaces.id, 29808))";
+/// Unlocks unless a poll was asked for after the bound timestamp (then `false`).
+const UNLOCK_UNLESS_ASKED_SINCE: [&str; 2] = [
+    "CASE WHEN vcs_poll_requested_at IS NULL OR vcs_poll_requested_at <= ",
+    " THEN pg_advisory_unlock(hashtextextended(workspaces.id, 29808)) ELSE false END",
+];
 /// The longest error kept in `vcs-last-error`.
 const MAX_ERROR_CHARS: usize = 500;
 
@@ -50,9 +54,6 @@ pub struct Claimed {
     /// How long after it was due the workspace was claimed.
     #[diesel(sql_type = Double)]
     pub lag_seconds: f64,
-    /// When it was claimed (the database's clock).
-    #[diesel(sql_type = Timestamptz)]
-    pub claimed_at: DateTime<Utc>,
 }
 
 /// The database's clock: a cycle's start, as claims judge it.
@@ -84,7 +85,8 @@ pub async fn unlock(conn: &mut AsyncPgConnection, workspace: &WorkspaceId) -> Qu
 }
 
 /// Claims up to `limit` linked workspaces that were due at `as_of` (no poll attempt
-/// within the interval before it), marking the attempt now. A cycle passes its start
+/// within the interval before it), except those of `skip_connections`, marking the
+/// attempt now. A cycle passes its start
 /// as `as_of`, so workspaces that fall due again while it runs wait for the next one.
 /// `vcs_last_attempt_at` is the same for a whole batch, so the batch stays grouped by
 /// repository next interval too. `SKIP LOCKED` lets replicas claim side by side.
@@ -93,6 +95,7 @@ pub async fn claim_due(
     as_of: DateTime<Utc>,
     interval_seconds: f64,
     limit: i64,
+    skip_connections: &[VcsConnectionId],
 ) -> QueryResult<Vec<Claimed>> {
     diesel::sql_query(
         "WITH due AS (
@@ -101,6 +104,7 @@ pub async fn claim_due(
                AND created_at <= $1
                AND (vcs_last_attempt_at IS NULL
                     OR vcs_last_attempt_at <= $1 - make_interval(secs => $2))
+               AND (vcs_connection_id IS NULL OR vcs_connection_id <> ALL($4))
              -- Oldest first; a repository's workspaces together, so one replica polls
              -- them one after another from one set of provider answers.
              ORDER BY vcs_last_attempt_at NULLS FIRST, vcs_connection_id, vcs_repo_path
@@ -111,12 +115,17 @@ pub async fn claim_due(
          RETURNING w.id, w.vcs_connection_id AS connection_id, w.vcs_repo_path AS repo_path,
              (SELECT c.provider FROM vcs_connections c WHERE c.id = w.vcs_connection_id) AS provider,
              coalesce(greatest(0, extract(epoch FROM now() - due.previous) - $2), 0)::float8
-                 AS lag_seconds,
-             now() AS claimed_at",
+                 AS lag_seconds",
     )
     .bind::<Timestamptz, _>(as_of)
     .bind::<Double, _>(interval_seconds)
     .bind::<BigInt, _>(limit)
+    .bind::<Array<Text>, _>(
+        skip_connections
+            .iter()
+            .map(VcsConnectionId::as_str)
+            .collect::<Vec<_>>(),
+    )
     .load(conn)
     .await
 }
@@ -127,20 +136,36 @@ struct Seconds {
     seconds: f64,
 }
 
-/// Seconds until the next linked workspace falls due (negative when one is due now).
+/// Seconds until the next linked workspace falls due (zero or less when one is due
+/// now); `None` when no workspace is linked.
 pub async fn seconds_until_next_due(
     conn: &mut AsyncPgConnection,
     interval_seconds: f64,
-) -> QueryResult<f64> {
+) -> QueryResult<Option<f64>> {
+    // The oldest attempt (never attempted first), straight from the due index.
     diesel::sql_query(
-        "SELECT coalesce(extract(epoch FROM min(vcs_last_attempt_at) + make_interval(secs => $1) - now()), 0)::float8
-             * (CASE WHEN bool_or(vcs_last_attempt_at IS NULL) THEN 0 ELSE 1 END) AS seconds
-         FROM workspaces WHERE vcs_repo_url <> ''",
+        "SELECT coalesce(extract(epoch FROM oldest.at + make_interval(secs => $1) - now()), 0)::float8
+             AS seconds
+         FROM (SELECT vcs_last_attempt_at AS at FROM workspaces WHERE vcs_repo_url <> ''
+               ORDER BY vcs_last_attempt_at NULLS FIRST LIMIT 1) AS oldest",
     )
     .bind::<Double, _>(interval_seconds)
     .get_result::<Seconds>(conn)
     .await
-    .map(|row| row.seconds)
+    .optional()
+    .map(|row| row.map(|row| row.seconds))
+}
+
+/// Hands an interrupted poll's workspace back: due at once, for any replica.
+pub async fn release_attempt(
+    conn: &mut AsyncPgConnection,
+    workspace: &WorkspaceId,
+) -> QueryResult<()> {
+    diesel::update(workspaces::table.find(workspace))
+        .set(workspaces::vcs_last_attempt_at.eq(None::<DateTime<Utc>>))
+        .execute(conn)
+        .await
+        .map(drop)
 }
 
 #[derive(QueryableByName)]
@@ -202,21 +227,45 @@ pub async fn lock_and_load(
         .optional()
 }
 
-/// Records a poll's result and releases the workspace's lock in one statement —
-/// unless the settings changed since `generation` (the result belongs to settings
-/// that no longer exist): then nothing is written, the lock is still held, and
-/// `false` is returned. `error` is `None` for a successful poll.
+/// What became of a poll's result.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Recorded {
+    /// Recorded, and the workspace's lock released.
+    Unlocked,
+    /// Recorded, but a poll was asked for after the answers this one used: the lock
+    /// is kept for another round, with answers asked for after `requested_at`
+    /// (stamped `now`).
+    AskedAgain {
+        requested_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    },
+    /// Nothing written: the settings changed since the poll read them (the lock is
+    /// still held).
+    Superseded,
+}
+
+/// Records a poll's result (`error` is `None` for a successful one) and releases the
+/// workspace's lock in one statement, unless the settings changed since `generation`
+/// or a poll was asked for after `answers_from` (see [`Recorded`]).
 pub async fn record_and_unlock(
     conn: &mut AsyncPgConnection,
     workspace: &WorkspaceId,
     generation: i64,
     error: Option<&str>,
-) -> QueryResult<bool> {
+    answers_from: DateTime<Utc>,
+) -> QueryResult<Recorded> {
     let target = workspaces::table
         .find(workspace)
         .filter(workspaces::vcs_settings_generation.eq(generation));
-    let unlocked = diesel::dsl::sql::<Bool>(UNLOCK_WORKSPACE);
-    let recorded: Option<bool> = match error {
+    let returned = (
+        diesel::dsl::sql::<Bool>(UNLOCK_UNLESS_ASKED_SINCE[0])
+            .bind::<Timestamptz, _>(answers_from)
+            .sql(UNLOCK_UNLESS_ASKED_SINCE[1]),
+        workspaces::vcs_poll_requested_at,
+        diesel::dsl::sql::<Timestamptz>("now()"),
+    );
+    type Row = (bool, Option<DateTime<Utc>>, DateTime<Utc>);
+    let row: Option<Row> = match error {
         None => {
             diesel::update(target)
                 .set((
@@ -224,7 +273,7 @@ pub async fn record_and_unlock(
                     workspaces::vcs_last_error.eq(None::<String>),
                     workspaces::vcs_last_error_at.eq(None::<DateTime<Utc>>),
                 ))
-                .returning(unlocked)
+                .returning(returned)
                 .get_result(conn)
                 .await
         }
@@ -234,13 +283,34 @@ pub async fn record_and_unlock(
                     workspaces::vcs_last_error.eq(short_error(error)),
                     workspaces::vcs_last_error_at.eq(diesel::dsl::now),
                 ))
-                .returning(unlocked)
+                .returning(returned)
                 .get_result(conn)
                 .await
         }
     }
     .optional()?;
-    Ok(recorded.is_some())
+    Ok(match row {
+        None => Recorded::Superseded,
+        Some((true, _, _)) => Recorded::Unlocked,
+        Some((false, requested_at, now)) => Recorded::AskedAgain {
+            requested_at: requested_at.unwrap_or(now),
+            now,
+        },
+    })
+}
+
+/// The workspace and its connection (if it still has one), read under the lock.
+pub async fn load(
+    conn: &mut AsyncPgConnection,
+    workspace: &WorkspaceId,
+) -> QueryResult<Option<(Workspace, Option<VcsConnection>)>> {
+    workspaces::table
+        .find(workspace)
+        .left_join(vcs_connections::table)
+        .select((Workspace::as_select(), Option::<VcsConnection>::as_select()))
+        .first(conn)
+        .await
+        .optional()
 }
 
 /// At most [`MAX_ERROR_CHARS`] characters, marked when cut.
@@ -328,6 +398,17 @@ pub async fn remembered_archive(
     )
 }
 
+/// Forgets what is known of commits' archives after `days` (a later poll of such a
+/// commit downloads it again). Returns how many went.
+pub async fn purge_commit_archives(conn: &mut AsyncPgConnection, days: i32) -> QueryResult<usize> {
+    diesel::sql_query(
+        "DELETE FROM commit_archives WHERE created_at < now() - make_interval(days => $1)",
+    )
+    .bind::<diesel::sql_types::Integer, _>(days)
+    .execute(conn)
+    .await
+}
+
 /// Remembers where a commit's archive is stored (any replica reuses it).
 pub async fn remember_archive(
     conn: &mut AsyncPgConnection,
@@ -398,7 +479,7 @@ mod tests {
 
     #[test]
     fn every_lock_statement_uses_the_same_key() {
-        for fragment in [LOCK_WORKSPACE, UNLOCK_WORKSPACE] {
+        for fragment in [LOCK_WORKSPACE, UNLOCK_UNLESS_ASKED_SINCE[1]] {
             assert!(
                 fragment.contains(&format!("hashtextextended(workspaces.id, {LOCK_SEED})")),
                 "{fragment}"

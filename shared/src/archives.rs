@@ -2,24 +2,26 @@
 //! SHA-256 and stored in chunks of [`CHUNK_BYTES`], so a 100 MB repository costs the
 //! poller storing it and the API serving it one chunk of memory, not the whole archive.
 
-use std::io::{self, Read, Write};
-use std::path::Path;
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use ring::digest;
-use tokio::io::AsyncReadExt;
 
 use crate::db::schema::{configuration_archive_chunks, configuration_archives};
 
 /// The largest chunk stored in one row.
 pub const CHUNK_BYTES: usize = 1 << 20;
 
-/// A repository tree packed as a gzip tarball in a temporary file (deleted when the
-/// snapshot is dropped), with its SHA-256 and size.
+/// A repository tree packed as a gzip tarball in an unnamed temporary file (the
+/// kernel frees it when the snapshot is dropped, or the process dies), with its
+/// SHA-256 and size.
 #[derive(Debug)]
 pub struct RepoSnapshot {
-    path: tempfile::TempPath,
+    file: Arc<File>,
     sha256: String,
     size: u64,
 }
@@ -65,18 +67,21 @@ impl<W: Write> Write for HashingWriter<W> {
 
 impl RepoSnapshot {
     /// A snapshot of a file already written, hashed and counted by [`HashingWriter`].
-    pub fn new(path: tempfile::TempPath, sha256: String, size: u64) -> Self {
-        RepoSnapshot { path, sha256, size }
+    pub fn new(file: File, sha256: String, size: u64) -> Self {
+        RepoSnapshot {
+            file: Arc::new(file),
+            sha256,
+            size,
+        }
     }
 
     /// A snapshot holding `bytes` (tests and tiny archives).
     pub fn from_bytes(bytes: &[u8]) -> io::Result<Self> {
-        let file = tempfile::NamedTempFile::new()?;
-        let mut writer = HashingWriter::new(io::BufWriter::new(file));
+        let mut writer = HashingWriter::new(io::BufWriter::new(tempfile::tempfile()?));
         writer.write_all(bytes)?;
         let (buffered, sha256, size) = writer.finish();
         let file = buffered.into_inner().map_err(|err| err.into_error())?;
-        Ok(RepoSnapshot::new(file.into_temp_path(), sha256, size))
+        Ok(RepoSnapshot::new(file, sha256, size))
     }
 
     pub fn sha256(&self) -> &str {
@@ -87,16 +92,33 @@ impl RepoSnapshot {
         i64::try_from(self.size).unwrap_or(i64::MAX)
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Chunk `seq` of the tarball, read off the async workers (positional reads: no
+    /// shared file offset).
+    async fn chunk(&self, seq: u64) -> io::Result<Vec<u8>> {
+        let file = self.file.clone();
+        tokio::task::spawn_blocking(move || read_at(&file, CHUNK_BYTES, seq * CHUNK_BYTES as u64))
+            .await
+            .map_err(io::Error::other)?
     }
 
     /// The whole tarball in memory (tests and small archives only).
     pub fn read_all(&self) -> io::Result<Vec<u8>> {
-        let mut bytes = Vec::new();
-        std::fs::File::open(&self.path)?.read_to_end(&mut bytes)?;
-        Ok(bytes)
+        read_at(&self.file, self.size as usize, 0)
     }
+}
+
+/// Up to `len` bytes of `file` from `offset` (fewer only at its end).
+fn read_at(file: &File, len: usize, offset: u64) -> io::Result<Vec<u8>> {
+    let mut buffer = vec![0u8; len];
+    let mut filled = 0;
+    while filled < len {
+        match file.read_at(&mut buffer[filled..], offset + filled as u64)? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    buffer.truncate(filled);
+    Ok(buffer)
 }
 
 /// An archive stored in the database, which configuration versions point at.
@@ -127,7 +149,6 @@ pub async fn store(
     if exists(conn, &stored.sha256).await? {
         return Ok(stored);
     }
-    let mut file = tokio::fs::File::open(snapshot.path()).await?;
     conn.transaction::<_, StoreError, _>(async |conn| {
         let inserted = diesel::insert_into(configuration_archives::table)
             .values((
@@ -141,25 +162,18 @@ pub async fn store(
             // Another replica stored it between our check and our insert.
             return Ok(());
         }
-        let mut buffer = vec![0u8; CHUNK_BYTES];
-        let mut seq = 0;
-        loop {
-            let filled = read_full(&mut file, &mut buffer).await?;
-            if filled == 0 && seq > 0 {
-                break;
-            }
+        // Chunk 0 always exists (an empty archive is one empty chunk).
+        let chunks = snapshot.size.div_ceil(CHUNK_BYTES as u64).max(1);
+        for seq in 0..chunks {
+            let data = snapshot.chunk(seq).await?;
             diesel::insert_into(configuration_archive_chunks::table)
                 .values((
                     configuration_archive_chunks::archive_sha256.eq(&stored.sha256),
-                    configuration_archive_chunks::seq.eq(seq),
-                    configuration_archive_chunks::data.eq(&buffer[..filled]),
+                    configuration_archive_chunks::seq.eq(seq as i32),
+                    configuration_archive_chunks::data.eq(&data),
                 ))
                 .execute(conn)
                 .await?;
-            if filled < CHUNK_BYTES {
-                break;
-            }
-            seq += 1;
         }
         Ok(())
     })
@@ -173,18 +187,6 @@ pub async fn store_bytes(
     bytes: &[u8],
 ) -> Result<StoredArchive, StoreError> {
     store(conn, &RepoSnapshot::from_bytes(bytes)?).await
-}
-
-/// Fills `buffer` as far as the file allows; returns how much was read.
-async fn read_full(file: &mut tokio::fs::File, buffer: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buffer.len() {
-        match file.read(&mut buffer[filled..]).await? {
-            0 => break,
-            n => filled += n,
-        }
-    }
-    Ok(filled)
 }
 
 pub async fn exists(conn: &mut AsyncPgConnection, sha256: &str) -> QueryResult<bool> {
@@ -233,8 +235,17 @@ mod tests {
         );
         assert_eq!(snapshot.size(), 3);
         assert_eq!(snapshot.read_all().unwrap(), b"abc");
-        let path = snapshot.path().to_owned();
-        drop(snapshot);
-        assert!(!path.exists(), "the temporary file goes with the snapshot");
+    }
+
+    #[tokio::test]
+    async fn chunks_cover_the_snapshot_exactly() {
+        let bytes: Vec<u8> = (0..(CHUNK_BYTES * 2 + 10)).map(|n| n as u8).collect();
+        let snapshot = RepoSnapshot::from_bytes(&bytes).unwrap();
+        let mut joined = Vec::new();
+        for seq in 0..3 {
+            joined.extend(snapshot.chunk(seq).await.unwrap());
+        }
+        assert_eq!(joined, bytes);
+        assert!(snapshot.chunk(3).await.unwrap().is_empty());
     }
 }

@@ -43,8 +43,6 @@ pub struct NewVcsRun<'a> {
     pub commit_sha: &'a CommitSha,
     pub trigger: VcsTrigger,
     pub working_directory: &'a WorkingDirectory,
-    /// The workspace's `auto-apply`; ignored for pull requests, which never apply.
-    pub auto_apply: bool,
     /// The repository at `commit_sha`, already stored.
     pub archive: &'a StoredArchive,
 }
@@ -151,7 +149,7 @@ pub async fn create_vcs_run(
 
 async fn record(conn: &mut AsyncPgConnection, new: &NewVcsRun<'_>) -> Result<RunCreation, Abort> {
     let sha = new.commit_sha.as_str();
-    let (branch, pull_request_number, plan_only, reason) = match &new.trigger {
+    let (branch, pull_request_number, plan_only, reason, auto_apply) = match &new.trigger {
         VcsTrigger::Push {
             branch,
             previous_sha,
@@ -159,18 +157,20 @@ async fn record(conn: &mut AsyncPgConnection, new: &NewVcsRun<'_>) -> Result<Run
         } => {
             // The row lock taken here serialises every recorder of this workspace, so
             // the existence check below sees any run committed before us.
-            let advanced = diesel::update(workspaces::table)
+            // `auto-apply` is read here, not from the poll's earlier snapshot: a user who
+            // turns it off while a poll runs gets a run that waits for confirmation.
+            let auto_apply: bool = diesel::update(workspaces::table)
                 .filter(workspaces::id.eq(new.workspace_id))
                 .filter(workspaces::vcs_settings_generation.eq(new.settings_generation))
                 .filter(
                     workspaces::vcs_last_commit_sha.is_not_distinct_from(previous_sha.as_deref()),
                 )
                 .set(workspaces::vcs_last_commit_sha.eq(sha))
-                .execute(conn)
-                .await?;
-            if advanced == 0 {
-                return Err(Abort::Superseded);
-            }
+                .returning(workspaces::auto_apply)
+                .get_result(conn)
+                .await
+                .optional()?
+                .ok_or(Abort::Superseded)?;
             let exists: bool = diesel::select(diesel::dsl::exists(
                 runs::table
                     .filter(runs::workspace_id.eq(new.workspace_id))
@@ -183,8 +183,15 @@ async fn record(conn: &mut AsyncPgConnection, new: &NewVcsRun<'_>) -> Result<Run
                 // Keep the advanced SHA: this commit is done, it must not be retried.
                 return Ok(RunCreation::AlreadyExists);
             }
-            (branch.as_str().to_owned(), None, false, TriggerReason::Push)
+            (
+                branch.as_str().to_owned(),
+                None,
+                false,
+                TriggerReason::Push,
+                auto_apply,
+            )
         }
+        // Speculative plans never apply.
         VcsTrigger::PullRequest {
             number, head_ref, ..
         } => (
@@ -192,6 +199,7 @@ async fn record(conn: &mut AsyncPgConnection, new: &NewVcsRun<'_>) -> Result<Run
             Some(*number),
             true,
             TriggerReason::PullRequest,
+            false,
         ),
     };
 
@@ -219,7 +227,7 @@ async fn record(conn: &mut AsyncPgConnection, new: &NewVcsRun<'_>) -> Result<Run
             runs::configuration_version_id.eq(&configuration_version_id),
             runs::status.eq(RunStatus::Pending),
             runs::plan_only.eq(plan_only),
-            runs::auto_apply.eq(new.auto_apply && !plan_only),
+            runs::auto_apply.eq(auto_apply),
             runs::message.eq(run_message(new.commit_sha, &new.trigger)),
             runs::trigger_reason.eq(reason),
             runs::vcs_commit_sha.eq(sha),

@@ -368,9 +368,9 @@ async fn archives_repack_to_exactly_the_commits_tree() {
         )
         .await
         .unwrap();
-    let mut unpacked = tar::Archive::new(flate2::read::GzDecoder::new(
-        std::fs::File::open(repacked.snapshot.path()).unwrap(),
-    ));
+    let mut unpacked = tar::Archive::new(flate2::read::GzDecoder::new(std::io::Cursor::new(
+        repacked.snapshot.read_all().unwrap(),
+    )));
     let mut seen: Vec<(String, Vec<u8>)> = Vec::new();
     for entry in unpacked.entries().unwrap() {
         let mut entry = entry.unwrap();

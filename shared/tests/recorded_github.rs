@@ -194,9 +194,9 @@ async fn a_recorded_github_tarball_and_its_redirect_repack_to_its_tree() {
         .download_archive(&repo, &CommitSha::parse(sha).unwrap(), limits)
         .await
         .unwrap();
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(
-        std::fs::File::open(repacked.snapshot.path()).unwrap(),
-    ));
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(std::io::Cursor::new(
+        repacked.snapshot.read_all().unwrap(),
+    )));
     let names: Vec<String> = archive
         .entries()
         .unwrap()

@@ -325,7 +325,6 @@ pub async fn record_push(
                 previous_sha: previous.map(str::to_owned),
             },
             working_directory: &Default::default(),
-            auto_apply: true,
             archive: &archive,
         },
     )
@@ -361,7 +360,6 @@ pub async fn record_pull_request(
                 title: "Try a change".into(),
             },
             working_directory: &Default::default(),
-            auto_apply: true,
             archive: &archive,
         },
     )

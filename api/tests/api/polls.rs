@@ -32,10 +32,18 @@ async fn a_burst_of_poll_vcs_costs_one_queued_poll_and_one_more_once_it_is_taken
     assert_eq!(drain_poll_messages(&app).await.len(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_patch_during_a_poll_keeps_it_from_recording_a_run_for_the_old_repository() {
-    let app = spawn_app().await;
-    let sim = Simulator::start().await.unwrap();
+/// A GitHub connection to the simulator, and a workspace on `acme/old` whose poll is
+/// under way, slowed down in its archive download; returns the connection's id, the
+/// workspace, the head of `acme/new` and the poll's task.
+async fn poll_under_way(
+    app: &crate::helpers::TestApp,
+    sim: &Simulator,
+) -> (
+    String,
+    terrapod_shared::ids::WorkspaceId,
+    String,
+    tokio::task::JoinHandle<Result<PollOutcome, terrapod_poller::poll::PollError>>,
+) {
     sim.add_github_app(1234, GITHUB_APP_TEST_PUBLIC_KEY);
     sim.add_installation(55, 1234, "acme", None);
     sim.create_repo(Kind::Github, "acme/old", &[("old.tf", "")]);
@@ -52,15 +60,15 @@ async fn a_patch_during_a_poll_keeps_it_from_recording_a_run_for_the_old_reposit
         .json()
         .await
         .unwrap();
+    let connection_id = connection["data"]["id"].as_str().unwrap().to_owned();
     let response = app
         .create_workspace(
             "moving",
-            connection["data"]["id"].as_str(),
+            Some(&connection_id),
             "https://github.com/acme/old",
         )
         .await;
     let workspace = workspace_id(&response.json::<Value>().await.unwrap()["data"]);
-    // The old repository's archive takes a while: the PATCH lands during it.
     sim.inject_fault(Fault {
         method: None,
         path_contains: Some("/tarball/".into()),
@@ -71,12 +79,30 @@ async fn a_patch_during_a_poll_keeps_it_from_recording_a_run_for_the_old_reposit
     });
     let ctx = app.poller_context(&app.vhost.url(), "3600");
     let in_flight = {
-        let (ctx, workspace) = (ctx.clone(), workspace.clone());
+        let workspace = workspace.clone();
         tokio::spawn(async move {
             poll_workspace(&ctx, &CycleCache::default(), &workspace, Trigger::Message).await
         })
     };
     tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    (connection_id, workspace, new_head, in_flight)
+}
+
+async fn total_runs(app: &crate::helpers::TestApp, workspace: &str) -> Value {
+    let runs: Value = app
+        .get(&format!("/api/v2/workspaces/{workspace}/runs"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    runs["meta"]["pagination"]["total-count"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_patch_during_a_poll_keeps_it_from_recording_a_run_for_the_old_repository() {
+    let app = spawn_app().await;
+    let sim = Simulator::start().await.unwrap();
+    let (_, workspace, new_head, in_flight) = poll_under_way(&app, &sim).await;
     let patched = app
         .patch(
             &format!("/api/v2/workspaces/{workspace}"),
@@ -84,38 +110,48 @@ async fn a_patch_during_a_poll_keeps_it_from_recording_a_run_for_the_old_reposit
         )
         .await;
     assert_eq!(patched.status(), 200);
+    // The poll in flight notices, reads the workspace again under its lock, and
+    // polls the new repository instead: never a run for the old one.
     let outcome = in_flight.await.unwrap().unwrap();
-    assert!(matches!(outcome, PollOutcome::Superseded), "{outcome:?}");
+    assert!(
+        matches!(outcome, PollOutcome::Polled(ref report) if report.runs_created == 1),
+        "{outcome:?}"
+    );
     let runs: Value = app
         .get(&format!("/api/v2/workspaces/{workspace}/runs"))
         .await
         .json()
         .await
         .unwrap();
-    assert_eq!(runs["meta"]["pagination"]["total-count"], 0, "{runs}");
+    assert_eq!(runs["meta"]["pagination"]["total-count"], 1, "{runs}");
+    assert_eq!(runs["data"][0]["attributes"]["vcs-commit-sha"], new_head);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn disabling_the_connection_during_a_poll_keeps_it_from_recording_anything() {
+    let app = spawn_app().await;
+    let sim = Simulator::start().await.unwrap();
+    let (connection, workspace, _, in_flight) = poll_under_way(&app, &sim).await;
+    let disabled = app
+        .patch(
+            &format!("/api/v2/vcs-connections/{connection}"),
+            &json!({"data": {"type": "vcs-connections", "attributes": {"status": "disabled"}}}),
+        )
+        .await;
+    assert_eq!(disabled.status(), 200);
+    let outcome = in_flight.await.unwrap().unwrap();
+    assert!(matches!(outcome, PollOutcome::Polled(ref report) if report.runs_created == 0));
+    assert_eq!(total_runs(&app, workspace.as_str()).await, 0);
     let row: Value = app
         .get(&format!("/api/v2/workspaces/{workspace}"))
         .await
         .json()
         .await
         .unwrap();
-    assert_eq!(
-        row["data"]["attributes"]["vcs-last-commit-sha"],
-        Value::Null
-    );
-    assert_eq!(row["data"]["attributes"]["vcs-last-polled-at"], Value::Null);
-
-    let next = poll_workspace(&ctx, &CycleCache::default(), &workspace, Trigger::Message)
-        .await
+    let error = row["data"]["attributes"]["vcs-last-error"]
+        .as_str()
         .unwrap();
-    assert!(matches!(next, PollOutcome::Polled(ref report) if report.runs_created == 1));
-    let runs: Value = app
-        .get(&format!("/api/v2/workspaces/{workspace}/runs"))
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(runs["data"][0]["attributes"]["vcs-commit-sha"], new_head);
+    assert!(error.contains("is disabled"), "{error}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,6 +21,14 @@ async fn runs_are_listed_newest_first_and_shown_with_every_attribute() {
     let app = spawn_app().await;
     let ws_json = app.create_linked_workspace("w").await;
     let ws = workspace_id(&ws_json);
+    // A push run takes the workspace's auto-apply as it is when the run is recorded.
+    let patched = app
+        .patch(
+            &format!("/api/v2/workspaces/{ws}"),
+            &serde_json::json!({"data": {"type": "workspaces", "attributes": {"auto-apply": true}}}),
+        )
+        .await;
+    assert_eq!(patched.status(), 200);
     let push = created_run(record_push(&app.pool, &ws, &sha(0xabc), None, b"tree").await);
     let pr = created_run(record_pull_request(&app.pool, &ws, &sha(0xdef), 12).await);
 

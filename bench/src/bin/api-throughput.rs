@@ -70,7 +70,6 @@ async fn main() {
                     previous_sha: (n > 0).then(|| format!("{:040x}", n - 1)),
                 },
                 working_directory: &Default::default(),
-                auto_apply: false,
                 archive: &archive,
             },
         )

@@ -55,8 +55,7 @@ async fn main() {
             == total
     })
     .await;
-    let (cpu_first_pass, stats_first_pass) =
-        (poller.cpu_seconds(), fleet.sim.stats(Kind::Github));
+    let (cpu_first_pass, stats_first_pass) = (poller.cpu_seconds(), fleet.sim.stats(Kind::Github));
     // One interval to settle (the first pass took longer than the interval, so the
     // next cycle starts late), then one idle interval measured.
     tokio::time::sleep(Duration::from_secs(interval)).await;

@@ -437,6 +437,23 @@ async fn workspaces_whose_32_bit_hashes_collide_still_lock_independently() {
     assert!(!store::try_lock(&mut other, &a).await.unwrap());
 }
 
+/// Advisory locks held in the test's database right now.
+async fn advisory_locks_held(world: &World) -> i64 {
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    diesel::sql_query(
+        "SELECT count(*) AS n FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+         WHERE l.locktype = 'advisory' AND l.granted AND d.datname = current_database()",
+    )
+    .get_result::<Count>(&mut world.db.connection().await)
+    .await
+    .unwrap()
+    .n
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poll_cancelled_midway_gives_its_lock_up() {
     let world = World::new().await;
@@ -452,8 +469,7 @@ async fn a_poll_cancelled_midway_gives_its_lock_up() {
     let mut other = world.db.connection().await;
     let deadline = Instant::now() + Duration::from_secs(10);
     // Wait until the poll holds the lock, then cancel it mid-poll.
-    while store::try_lock(&mut other, &ws).await.unwrap() {
-        store::unlock(&mut other, &ws).await.unwrap();
+    while advisory_locks_held(&world).await == 0 {
         assert!(Instant::now() < deadline, "the poll never took its lock");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -503,12 +519,14 @@ async fn a_deliverys_polls_share_answers_but_never_older_than_what_they_were_ask
     ask(&ids).await;
     let ctx = world.context(&[]);
     let delivery = CycleCache::default();
-    let poll_with = async |ws: &WorkspaceId| {
-        match poll_workspace(&ctx, &delivery, ws, Trigger::Message).await.unwrap() {
+    let poll_with =
+        async |ws: &WorkspaceId| match poll_workspace(&ctx, &delivery, ws, Trigger::Message)
+            .await
+            .unwrap()
+        {
             terrapod_poller::poll::PollOutcome::Polled(report) => report.runs_created,
             other => panic!("{other:?}"),
-        }
-    };
+        };
     assert_eq!(poll_with(&ids[0]).await, 1);
     let after_first = world.sim.stats(Kind::Github);
 
@@ -538,4 +556,201 @@ async fn a_deliverys_polls_share_answers_but_never_older_than_what_they_were_ask
         after_second.counted + after_second.not_modified,
         "w2 reused the delivery's answers"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_installation_held_back_by_its_budget_does_not_hold_back_the_others() {
+    use diesel::{ExpressionMethods, QueryDsl};
+    use terrapod_shared::db::schema::workspaces;
+
+    let world = World::new().await;
+    world.sim.set_secondary_limits(None);
+    let mut starved = Vec::new();
+    for n in 0..6 {
+        let (_, ws) = world
+            .repo_with_workspace(Kind::Github, &format!("acme/s{n}"), &format!("s{n}"))
+            .await;
+        starved.push(ws);
+    }
+    let mut others = Vec::new();
+    for n in 0..6 {
+        let (_, ws) = world
+            .repo_with_workspace(Kind::Gitlab, &format!("group/o{n}"), &format!("o{n}"))
+            .await;
+        others.push(ws);
+    }
+    // The GitHub installation's workspaces come first in the claims (never polled),
+    // the GitLab ones after (due for a minute).
+    diesel::update(workspaces::table.filter(workspaces::id.eq_any(&others)))
+        .set(workspaces::vcs_last_attempt_at.eq(chrono::Utc::now() - chrono::Duration::hours(1)))
+        .execute(&mut world.db.connection().await)
+        .await
+        .unwrap();
+    let ctx = world.context_with_window(
+        &[
+            ("TERRAPOD_VCS__GITHUB__REQUESTS_PER_MINUTE", "8"),
+            ("TERRAPOD_POLLER__CONCURRENCY", "4"),
+        ],
+        Duration::from_secs(6),
+    );
+    let started = Instant::now();
+    let pass = cycle_in_background(&ctx);
+    let mut done = HashSet::new();
+    while done.len() < others.len() {
+        for ws in &others {
+            if !world.runs(ws).await.is_empty() {
+                done.insert(ws.clone());
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the GitLab workspaces waited for GitHub's budget"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut starved_done = 0;
+    for ws in &starved {
+        starved_done += usize::from(!world.runs(ws).await.is_empty());
+    }
+    assert!(
+        starved_done < starved.len(),
+        "GitHub's budget was the bottleneck"
+    );
+    let report = pass.await.unwrap();
+    assert_eq!(report.polled, 12);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_that_meets_a_poll_under_way_is_covered_by_that_poll() {
+    use diesel::{ExpressionMethods, QueryDsl};
+    use terrapod_shared::db::schema::workspaces;
+
+    let world = World::new().await;
+    let (_, ws) = world
+        .repo_with_workspace(Kind::Github, "acme/busy", "busy")
+        .await;
+    let ctx = world.context(&[]);
+    assert_eq!(polled(poll(&ctx, &ws).await), (1, None));
+    world.sim.set_latency(700, 0);
+    let first_poll = {
+        let (ctx, ws) = (ctx.clone(), ws.clone());
+        tokio::spawn(async move { poll(&ctx, &ws).await })
+    };
+    // While the poll waits for its answers: a push, and a webhook's request.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    world.sim.set_latency(0, 0);
+    let pushed = world
+        .sim
+        .commit(Kind::Github, "acme/busy", "main", "During", &[("d.tf", "")])
+        .await;
+    diesel::update(workspaces::table.find(&ws))
+        .set((
+            workspaces::vcs_poll_requested_at.eq(diesel::dsl::now),
+            workspaces::vcs_poll_queued_at.eq(diesel::dsl::now),
+        ))
+        .execute(&mut world.db.connection().await)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let second = poll(&ctx, &ws).await;
+    assert!(
+        matches!(second, terrapod_poller::poll::PollOutcome::Locked),
+        "{second:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "no waiting for the lock"
+    );
+    let (created, error) = polled(first_poll.await.unwrap());
+    assert_eq!(
+        (created, error),
+        (1, None),
+        "the poll under way looked again before letting go"
+    );
+    assert_eq!(world.runs(&ws).await.last().unwrap().vcs_commit_sha, pushed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_providers_rate_limit_holds_every_replica_back_until_it_resets() {
+    let world = World::new().await;
+    let (_, first) = world
+        .repo_with_workspace(Kind::Gitlab, "group/a", "a")
+        .await;
+    let (_, second) = world
+        .repo_with_workspace(Kind::Gitlab, "group/b", "b")
+        .await;
+    world.sim.set_rate_limit(Kind::Gitlab, 0, 45);
+    let replica_a = world.context(&[]);
+    let (_, error) = polled(poll(&replica_a, &first).await);
+    assert!(error.unwrap().contains("rate limit exhausted"));
+    let asked = world.sim.stats(Kind::Gitlab);
+    // Another replica does not ask at all: the budget says GitLab refuses until then.
+    let replica_b = world.context(&[]);
+    let started = Instant::now();
+    let (_, error) = polled(poll(&replica_b, &second).await);
+    let error = error.unwrap();
+    assert!(error.contains("rate-limits it for"), "{error}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let after = world.sim.stats(Kind::Gitlab);
+    assert_eq!(
+        after.counted + after.errors + after.not_modified,
+        asked.counted + asked.errors + asked.not_modified,
+        "no request reached the provider"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_waits_for_the_budget_and_hands_the_workspaces_back() {
+    let world = World::new().await;
+    world.sim.set_secondary_limits(None);
+    let mut workspaces = Vec::new();
+    for n in 0..4 {
+        let (_, ws) = world
+            .repo_with_workspace(Kind::Github, &format!("acme/w{n}"), &format!("w{n}"))
+            .await;
+        workspaces.push(ws);
+    }
+    // Room for the token and one poll: the other polls wait for the next window.
+    let ctx = world.context_with_window(
+        &[("TERRAPOD_VCS__GITHUB__REQUESTS_PER_MINUTE", "9")],
+        Duration::from_secs(60),
+    );
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let pass = {
+        let ctx = ctx.clone();
+        tokio::spawn(async move { run_cycle(&ctx, &shutdown).await })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!pass.is_finished(), "the pass waits for the budget");
+    let stopped = Instant::now();
+    let _ = stop.send(true);
+    ctx.vcs.http.budget().unwrap().stop_waiting();
+    pass.await.unwrap();
+    assert!(
+        stopped.elapsed() < Duration::from_secs(2),
+        "the waits ended at once"
+    );
+    let mut handed_back = 0;
+    for ws in &workspaces {
+        let row = world.row(ws).await;
+        if world.runs(ws).await.is_empty() {
+            let attempt: Option<chrono::DateTime<chrono::Utc>> = {
+                use diesel::QueryDsl;
+                use terrapod_shared::db::schema::workspaces;
+                workspaces::table
+                    .find(ws)
+                    .select(workspaces::vcs_last_attempt_at)
+                    .first(&mut world.db.connection().await)
+                    .await
+                    .unwrap()
+            };
+            assert!(attempt.is_none(), "{ws} is due again at once");
+            assert!(
+                row.vcs_last_error.is_none(),
+                "nothing was recorded for {ws}"
+            );
+            handed_back += 1;
+        }
+    }
+    assert!(handed_back >= 2, "{handed_back}");
 }

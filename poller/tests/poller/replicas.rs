@@ -162,8 +162,8 @@ async fn due_workspaces_are_claimed_by_one_replica_once_per_interval() {
     let (mut a, mut b) = (world.db.connection().await, world.db.connection().await);
     let now = store::database_now(&mut a).await.unwrap();
     let (first, second) = tokio::join!(
-        store::claim_due(&mut a, now, 60.0, 30),
-        store::claim_due(&mut b, now, 60.0, 30)
+        store::claim_due(&mut a, now, 60.0, 30, &[]),
+        store::claim_due(&mut b, now, 60.0, 30, &[])
     );
     let ids = |claimed: Vec<store::Claimed>| -> HashSet<_> {
         claimed.into_iter().map(|c| c.id).collect()
@@ -173,7 +173,7 @@ async fn due_workspaces_are_claimed_by_one_replica_once_per_interval() {
     assert_eq!(first.len() + second.len(), 40);
     let now = store::database_now(&mut a).await.unwrap();
     assert!(
-        store::claim_due(&mut a, now, 60.0, 100)
+        store::claim_due(&mut a, now, 60.0, 100, &[])
             .await
             .unwrap()
             .is_empty(),
@@ -182,7 +182,7 @@ async fn due_workspaces_are_claimed_by_one_replica_once_per_interval() {
     world.make_all_due().await;
     let now = store::database_now(&mut a).await.unwrap();
     assert_eq!(
-        store::claim_due(&mut a, now, 60.0, 100)
+        store::claim_due(&mut a, now, 60.0, 100, &[])
             .await
             .unwrap()
             .len(),

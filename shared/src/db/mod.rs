@@ -80,8 +80,11 @@ fn build_pool(
     config.custom_setup = Box::new(move |url| {
         async move {
             let mut conn = AsyncPgConnection::establish(url).await?;
+            // Keepalives: the server notices a peer that died without closing (a node
+            // lost) within about a minute, ending its session and the advisory locks it held.
             conn.batch_execute(&format!(
-                "SET application_name = '{application_name}'; SET statement_timeout = '{STATEMENT_TIMEOUT}'"
+                "SET application_name = '{application_name}'; SET statement_timeout = '{STATEMENT_TIMEOUT}'; \
+                 SET tcp_keepalives_idle = 30; SET tcp_keepalives_interval = 10; SET tcp_keepalives_count = 3"
             ))
             .await
             .map_err(ConnectionError::CouldntSetupConfiguration)?;

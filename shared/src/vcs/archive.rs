@@ -7,7 +7,7 @@
 //! stops at `max_unpacked_bytes`, and the output is streamed to another temporary file
 //! (hashed on the way), so a 100 MB repository or a gzip bomb costs a few buffers.
 
-use std::io::{self, BufReader, BufWriter, Read};
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom};
 use std::path::{Component, Path, PathBuf};
 
 use flate2::read::GzDecoder;
@@ -79,21 +79,22 @@ fn local_io(err: io::Error) -> VcsError {
     )))
 }
 
-/// Streams a response body into a temporary file, refusing more than `limit` bytes
-/// (checked against `Content-Length` first, then while streaming).
+/// Streams a response body into an unnamed temporary file (freed by the kernel
+/// whatever happens to the process), refusing more than `limit` bytes (checked
+/// against `Content-Length` first, then while streaming).
 pub async fn download_limited(
     provider: Provider,
     response: reqwest::Response,
     limit: u64,
-) -> Result<tempfile::NamedTempFile, VcsError> {
+) -> Result<std::fs::File, VcsError> {
     if response
         .content_length()
         .is_some_and(|length| length > limit)
     {
         return Err(ArchiveError::TooLarge { limit }.into());
     }
-    let temp = tempfile::NamedTempFile::new().map_err(local_io)?;
-    let mut file = tokio::fs::File::from_std(temp.reopen().map_err(local_io)?);
+    let temp = tempfile::tempfile().map_err(local_io)?;
+    let mut file = tokio::fs::File::from_std(temp.try_clone().map_err(local_io)?);
     let mut written: u64 = 0;
     let mut stream = response.bytes_stream();
     while let Some(chunk) = stream.next().await {
@@ -203,11 +204,15 @@ fn symlink_stays_inside(link: &Path, target: &Path) -> bool {
 
 /// Repacks the provider's gzip tarball in `compressed` into a new temporary file.
 /// CPU-bound: call it from a blocking thread.
-pub fn repack_file(compressed: &Path, limits: ArchiveLimits) -> Result<Repacked, ArchiveError> {
-    let file = std::fs::File::open(compressed)
-        .map_err(|err| ArchiveError::Corrupt(format!("cannot read the download: {err}")))?;
-    let length = file.metadata().map(|m| m.len()).unwrap_or(0);
-    repack(BufReader::new(file), length, limits)
+pub fn repack_file(
+    mut compressed: std::fs::File,
+    limits: ArchiveLimits,
+) -> Result<Repacked, ArchiveError> {
+    let unreadable =
+        |err: io::Error| ArchiveError::Corrupt(format!("cannot read the download: {err}"));
+    let length = compressed.metadata().map_err(unreadable)?.len();
+    compressed.seek(SeekFrom::Start(0)).map_err(unreadable)?;
+    repack(BufReader::new(compressed), length, limits)
 }
 
 /// Repacks a gzip tarball read from `compressed` (`length` bytes).
@@ -227,10 +232,9 @@ pub fn repack(
         read: 0,
         limit,
     };
-    let output = tempfile::NamedTempFile::new()
+    let output = tempfile::tempfile()
         .map_err(|err| ArchiveError::Corrupt(format!("cannot create a temporary file: {err}")))?;
-    let (output_file, output_path) = output.into_parts();
-    let hashed = HashingWriter::new(BufWriter::new(output_file));
+    let hashed = HashingWriter::new(BufWriter::new(output));
     let mut archive = Archive::new(reader);
     let mut builder = Builder::new(GzEncoder::new(hashed, Compression::default()));
     builder.mode(tar::HeaderMode::Deterministic);
@@ -295,11 +299,11 @@ pub fn repack(
     let encoder = builder.into_inner().map_err(|err| io_error(err, limit))?;
     let hashed = encoder.finish().map_err(|err| io_error(err, limit))?;
     let (buffered, sha256, size) = hashed.finish();
-    buffered
+    let output = buffered
         .into_inner()
         .map_err(|err| io_error(err.into_error(), limit))?;
     Ok(Repacked {
-        snapshot: RepoSnapshot::new(output_path, sha256, size),
+        snapshot: RepoSnapshot::new(output, sha256, size),
         files,
         dropped,
     })

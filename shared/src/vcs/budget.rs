@@ -19,13 +19,21 @@
 //!
 //! **Concurrency.** Each request leases one of [`MAX_CONCURRENT`] slot rows until it
 //! ends (or its timeout passes, should the replica die).
+//!
+//! **Provider blocks.** When the provider answers "rate limited" with a wait longer
+//! than a retry waits, the budget is blocked until then for every replica, instead of
+//! each poll finding out by asking.
+//!
+//! **Patience.** A request waits at most [`REQUESTED_PATIENCE`] (webhook and manual
+//! polls) or two windows (the schedule) for room, then fails with a reason the poll
+//! records; on shutdown every wait ends at once.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use diesel::sql_types::{BigInt, Double, Integer, Text};
-use diesel::QueryableByName;
+use diesel::{OptionalExtension, QueryableByName};
 use diesel_async::RunQueryDsl;
 use prometheus::HistogramVec;
 use tokio::time::Instant;
@@ -39,6 +47,8 @@ pub const MAX_CONCURRENT: i32 = 20;
 pub const WINDOW: Duration = Duration::from_secs(60);
 /// Buckets kept: the window's 60 and two more (the one under way, and a margin).
 pub const RING: i64 = 62;
+/// The longest a requested poll's request waits for room.
+pub const REQUESTED_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Whose budget a request spends: one GitHub App installation, or one GitLab token on
 /// one server. Never holds a credential (a GitLab token is named by a digest prefix).
@@ -78,8 +88,26 @@ pub enum Priority {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("the shared request budget is unavailable: {0}")]
-pub struct BudgetError(String);
+pub enum BudgetError {
+    #[error("the shared request budget is unavailable: {0}")]
+    Unavailable(String),
+    #[error("{provider} request budget of this installation or token had no room within {waited}s{}", blocked_hint(*.blocked_for))]
+    Exhausted {
+        provider: Provider,
+        waited: u64,
+        /// The provider's own block still runs this long.
+        blocked_for: Option<u64>,
+    },
+    /// The process is shutting down: nothing is waited for any more.
+    #[error("the poller is shutting down")]
+    Stopped,
+}
+
+fn blocked_hint(blocked_for: Option<u64>) -> String {
+    blocked_for.map_or_else(String::new, |seconds| {
+        format!(" (the provider rate-limits it for {seconds}s more)")
+    })
+}
 
 #[derive(Clone, Copy, Debug)]
 pub struct BudgetLimits {
@@ -111,9 +139,9 @@ pub struct RequestBudget {
     limits: BudgetLimits,
     /// Budgets whose rows this process has made sure exist.
     known: Mutex<HashSet<String>>,
-    /// Names this process's leases.
-    holder: String,
     wait_seconds: Option<HistogramVec>,
+    /// Turns true on shutdown: waits end.
+    stopped: tokio::sync::watch::Sender<bool>,
 }
 
 #[derive(QueryableByName)]
@@ -127,6 +155,9 @@ struct Granted {
 struct Wait {
     #[diesel(sql_type = BigInt)]
     buckets: i64,
+    /// Seconds the provider's block still runs (0 when none).
+    #[diesel(sql_type = Double)]
+    blocked: f64,
 }
 
 #[derive(QueryableByName)]
@@ -153,8 +184,33 @@ impl RequestBudget {
             pool,
             limits,
             known: Mutex::new(HashSet::new()),
-            holder: crate::ids::random_base58(16),
             wait_seconds,
+            stopped: tokio::sync::watch::channel(false).0,
+        }
+    }
+
+    /// Ends every wait, now and later (shutdown): they fail with [`BudgetError::Stopped`].
+    pub fn stop_waiting(&self) {
+        self.stopped.send_replace(true);
+    }
+
+    /// How long a request of `priority` waits for room at most.
+    fn patience(&self, priority: Priority) -> Duration {
+        match priority {
+            Priority::Requested => REQUESTED_PATIENCE,
+            Priority::Scheduled => self.limits.window * 2,
+        }
+    }
+
+    /// Sleeps `wait` unless the budget is stopped first.
+    async fn sleep(&self, wait: Duration) -> Result<(), BudgetError> {
+        let mut stopped = self.stopped.subscribe();
+        if *stopped.borrow() {
+            return Err(BudgetError::Stopped);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => Ok(()),
+            _ = stopped.wait_for(|stop| *stop) => Err(BudgetError::Stopped),
         }
     }
 
@@ -168,18 +224,30 @@ impl RequestBudget {
         hold: Duration,
     ) -> Result<Lease, BudgetError> {
         let started = Instant::now();
-        self.ensure_rows(key).await?;
+        let deadline = started + self.patience(priority);
         let limit = self.limits.limit(key.provider, priority);
         let cost = (cost as i32).min(limit);
+        self.ensure_rows(key).await?;
         while !self.try_spend(key, cost, limit).await? {
-            let wait = self.wait_for_capacity(key).await?;
-            tokio::time::sleep(wait).await;
+            // Rows someone deleted are made again.
+            self.known.lock().expect("budget lock").remove(&key.key);
+            self.ensure_rows(key).await?;
+            let (wait, blocked) = self.wait_for_capacity(key).await?;
+            if Instant::now() + wait > deadline {
+                return Err(BudgetError::Exhausted {
+                    provider: key.provider,
+                    waited: started.elapsed().as_secs(),
+                    blocked_for: (blocked > 0.0).then(|| blocked.ceil() as u64),
+                });
+            }
+            self.sleep(wait).await?;
         }
-        let lease = loop {
-            if let Some(slot) = self.try_lease(key, hold).await? {
+        let holder = crate::ids::random_base58(16);
+        let slot = loop {
+            if let Some(slot) = self.try_lease(key, hold, &holder).await? {
                 break slot;
             }
-            tokio::time::sleep(jitter(Duration::from_millis(50))).await;
+            self.sleep(jitter(Duration::from_millis(50))).await?;
         };
         if let Some(histogram) = &self.wait_seconds {
             histogram
@@ -189,10 +257,49 @@ impl RequestBudget {
         Ok(Lease {
             pool: self.pool.clone(),
             key: key.key.clone(),
-            slot: lease,
-            holder: self.holder.clone(),
+            slot,
+            holder,
             released: false,
         })
+    }
+
+    /// The provider refuses requests of `key` for `wait`: no replica asks before then.
+    pub async fn block(&self, key: &BudgetKey, wait: Duration) -> Result<(), BudgetError> {
+        let mut conn = self.pool.get().await.map_err(unavailable)?;
+        diesel::sql_query(
+            "UPDATE provider_budgets
+             SET blocked_until = greatest(coalesce(blocked_until, '-infinity'),
+                                          clock_timestamp() + make_interval(secs => $2))
+             WHERE budget_key = $1",
+        )
+        .bind::<Text, _>(&key.key)
+        .bind::<Double, _>(wait.as_secs_f64())
+        .execute(&mut conn)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Forgets budgets unused for a day (and their slots): GitLab tokens are rotated,
+    /// installations removed. Returns how many went.
+    pub async fn purge_stale(&self) -> Result<usize, BudgetError> {
+        let mut conn = self.pool.get().await.map_err(unavailable)?;
+        let purged = diesel::sql_query(
+            "DELETE FROM provider_budgets WHERE updated_at < now() - interval '1 day'",
+        )
+        .execute(&mut conn)
+        .await
+        .map_err(unavailable)?;
+        diesel::sql_query(
+            "DELETE FROM provider_request_leases l
+             WHERE NOT EXISTS (SELECT 1 FROM provider_budgets b WHERE b.budget_key = l.budget_key)
+               AND l.expires_at < clock_timestamp()",
+        )
+        .execute(&mut conn)
+        .await
+        .map_err(unavailable)?;
+        self.known.lock().expect("budget lock").clear();
+        Ok(purged)
     }
 
     async fn ensure_rows(&self, key: &BudgetKey) -> Result<(), BudgetError> {
@@ -235,9 +342,11 @@ impl RequestBudget {
              UPDATE provider_budgets SET
                  counts[(nb.b % 62) + 1] = CASE WHEN seconds[(nb.b % 62) + 1] = nb.b
                                                 THEN counts[(nb.b % 62) + 1] + $2 ELSE $2 END,
-                 seconds[(nb.b % 62) + 1] = nb.b
+                 seconds[(nb.b % 62) + 1] = nb.b,
+                 updated_at = now()
              FROM now_bucket nb
              WHERE budget_key = $1
+               AND coalesce(blocked_until, '-infinity') <= clock_timestamp()
                AND (SELECT coalesce(sum(u.c), 0) FROM unnest(counts, seconds) AS u(c, s)
                     WHERE u.s > nb.b - 62) + $2 <= $3
              RETURNING 1 AS granted",
@@ -252,28 +361,43 @@ impl RequestBudget {
         Ok(!granted.is_empty())
     }
 
-    /// How long until the oldest bucket that still counts leaves the window.
-    async fn wait_for_capacity(&self, key: &BudgetKey) -> Result<Duration, BudgetError> {
+    /// How long until the oldest bucket that still counts leaves the window, or the
+    /// provider's block ends (whichever is later); and how long that block still runs.
+    async fn wait_for_capacity(&self, key: &BudgetKey) -> Result<(Duration, f64), BudgetError> {
         let mut conn = self.pool.get().await.map_err(unavailable)?;
-        let wait: Wait = diesel::sql_query(
+        let wait: Option<Wait> = diesel::sql_query(
             "WITH now_bucket AS (
                  SELECT floor(extract(epoch FROM clock_timestamp()) * 1000 / $2)::bigint AS b)
              SELECT coalesce((
-                 SELECT min(u.s) FROM provider_budgets, unnest(counts, seconds) AS u(c, s)
-                 WHERE budget_key = $1 AND u.s > nb.b - 62 AND u.c > 0) + 62 - nb.b, 1)::bigint
-                 AS buckets
-             FROM now_bucket nb",
+                 SELECT min(u.s) FROM unnest(pb.counts, pb.seconds) AS u(c, s)
+                 WHERE u.s > nb.b - 62 AND u.c > 0) + 62 - nb.b, 1)::bigint AS buckets,
+                 greatest(0, coalesce(extract(epoch FROM pb.blocked_until - clock_timestamp()), 0))::float8
+                     AS blocked
+             FROM provider_budgets pb, now_bucket nb
+             WHERE pb.budget_key = $1",
         )
         .bind::<Text, _>(&key.key)
         .bind::<Double, _>(self.limits.bucket_ms() as f64)
         .get_result(&mut conn)
         .await
+        .optional()
         .map_err(unavailable)?;
+        let Some(wait) = wait else {
+            // The row is gone (it is made again): try again soon.
+            return Ok((Duration::from_millis(50), 0.0));
+        };
         let bucket = Duration::from_millis(self.limits.bucket_ms() as u64);
-        Ok(jitter(bucket * wait.buckets.clamp(1, RING) as u32))
+        let capacity = bucket * wait.buckets.clamp(1, RING) as u32;
+        let blocked = Duration::from_secs_f64(wait.blocked);
+        Ok((jitter(capacity.max(blocked)), wait.blocked))
     }
 
-    async fn try_lease(&self, key: &BudgetKey, hold: Duration) -> Result<Option<i32>, BudgetError> {
+    async fn try_lease(
+        &self,
+        key: &BudgetKey,
+        hold: Duration,
+        holder: &str,
+    ) -> Result<Option<i32>, BudgetError> {
         let mut conn = self.pool.get().await.map_err(unavailable)?;
         let slots: Vec<Slot> = diesel::sql_query(
             "UPDATE provider_request_leases
@@ -286,7 +410,7 @@ impl RequestBudget {
         )
         .bind::<Text, _>(&key.key)
         .bind::<Double, _>(hold.as_secs_f64())
-        .bind::<Text, _>(&self.holder)
+        .bind::<Text, _>(holder)
         .load(&mut conn)
         .await
         .map_err(unavailable)?;
@@ -336,7 +460,7 @@ async fn release(pool: &DbPool, key: &str, slot: i32, holder: &str) {
 }
 
 fn unavailable(err: impl std::fmt::Display) -> BudgetError {
-    BudgetError(err.to_string())
+    BudgetError::Unavailable(err.to_string())
 }
 
 /// `base` plus up to a quarter more, so waiters do not all wake at once.

@@ -32,9 +32,12 @@ pub enum VcsError {
     Archive(#[from] ArchiveError),
     #[error("the connection's credentials are unusable: {0}")]
     Credentials(String),
-    /// The shared request budget could not be consulted (the database is away).
+    /// The shared request budget had no room in time, or could not be consulted.
     #[error("{0}")]
     Budget(String),
+    /// The process is shutting down: the request was not sent (nothing to record).
+    #[error("the poller is shutting down")]
+    Interrupted,
 }
 
 fn retry_hint(after: Option<Duration>) -> String {

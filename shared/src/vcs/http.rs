@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::domain::Provider;
-use crate::vcs::budget::{BudgetKey, Priority, RequestBudget};
+use crate::vcs::budget::{BudgetError, BudgetKey, Priority, RequestBudget};
 use crate::vcs::VcsError;
 
 /// How hard to try before giving up until the next poll cycle.
@@ -134,6 +134,11 @@ impl VcsHttp {
         self
     }
 
+    /// The request budget, if requests are paced.
+    pub fn budget(&self) -> Option<&RequestBudget> {
+        self.budget.as_deref()
+    }
+
     pub fn client(&self) -> &reqwest::Client {
         &self.client
     }
@@ -161,7 +166,7 @@ impl VcsHttp {
             .with_min_delay(retry.base_backoff)
             .with_max_delay(retry.max_wait)
             .with_max_times(retry.max_attempts.saturating_sub(1) as usize);
-        (|| self.attempt(endpoint, build, etag))
+        let result = (|| self.attempt(endpoint, build, etag))
             .retry(backoff)
             .when(|failed: &Failed| failed.retryable)
             .adjust(|failed, next| {
@@ -172,8 +177,25 @@ impl VcsHttp {
             .notify(|failed, wait| {
                 tracing::debug!(provider = %endpoint.provider, wait_ms = wait.as_millis() as u64, error = %failed.error, "retrying provider request");
             })
-            .await
-            .map_err(|failed| failed.error)
+            .await;
+        match result {
+            Ok(response) => Ok(response),
+            Err(failed) => {
+                if let VcsError::RateLimited {
+                    retry_after: Some(wait),
+                    ..
+                } = &failed.error
+                {
+                    // Every replica stops asking until the provider's limit resets.
+                    if let (Some(budget), Some(key)) = (&self.budget, &endpoint.budget) {
+                        if let Err(err) = budget.block(key, *wait).await {
+                            tracing::warn!(error = %err, "cannot record the provider's rate limit");
+                        }
+                    }
+                }
+                Err(failed.error)
+            }
+        }
     }
 
     /// One request: budget first, then the request itself.
@@ -204,7 +226,12 @@ impl VcsHttp {
                     .acquire(key, endpoint.priority, cost, hold)
                     .instrument(span.clone())
                     .await
-                    .map_err(|err| Failed::fatal(VcsError::Budget(err.to_string())))?;
+                    .map_err(|err| {
+                        Failed::fatal(match err {
+                            BudgetError::Stopped => VcsError::Interrupted,
+                            other => VcsError::Budget(other.to_string()),
+                        })
+                    })?;
                 Some(lease)
             }
             _ => None,

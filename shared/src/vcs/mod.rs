@@ -231,7 +231,7 @@ pub(crate) async fn archive_download(
     repo: &RepoUrl,
     sha: &CommitSha,
     limits: ArchiveLimits,
-) -> Result<tempfile::NamedTempFile, VcsError> {
+) -> Result<std::fs::File, VcsError> {
     match response.status().as_u16() {
         200 => archive::download_limited(provider, response, limits.max_archive_bytes).await,
         404 => Err(VcsError::NotFound {
@@ -243,12 +243,12 @@ pub(crate) async fn archive_download(
 }
 
 /// Repacks off the async workers: decompression is CPU-bound. The download's file is
-/// deleted when done.
+/// freed when done.
 pub(crate) async fn repack_blocking(
-    compressed: tempfile::NamedTempFile,
+    compressed: std::fs::File,
     limits: ArchiveLimits,
 ) -> Result<Repacked, VcsError> {
-    tokio::task::spawn_blocking(move || archive::repack_file(compressed.path(), limits))
+    tokio::task::spawn_blocking(move || archive::repack_file(compressed, limits))
         .await
         .map_err(|err| {
             VcsError::Archive(ArchiveError::Corrupt(format!("repacking stopped: {err}")))

@@ -324,12 +324,48 @@ pub async fn update(
         encrypted_credential,
         updated_at: Some(Utc::now()),
     };
-    diesel::update(vcs_connections::table.find(&existing.id))
-        .set(changes)
-        .returning(VcsConnection::as_returning())
-        .get_result(conn)
+    // A change of how (or whether) the provider is reached supersedes the polls in
+    // flight for the connection's workspaces: they record nothing.
+    let reach_changed = changes
+        .server_url
+        .as_ref()
+        .is_some_and(|url| *url != existing.server_url)
+        || changes
+            .status
+            .is_some_and(|status| status != existing.status)
+        || changes.encrypted_credential.is_some()
+        || changes
+            .github_app_id
+            .is_some_and(|id| id != existing.github_app_id)
+        || changes
+            .github_installation_id
+            .is_some_and(|id| id != existing.github_installation_id);
+    conn.transaction::<_, ApiError, _>(async |conn| {
+        let updated = diesel::update(vcs_connections::table.find(&existing.id))
+            .set(changes)
+            .returning(VcsConnection::as_returning())
+            .get_result(conn)
+            .await
+            .map_err(map_conflict)?;
+        if reach_changed {
+            supersede_polls(conn, &existing.id).await?;
+        }
+        Ok(updated)
+    })
+    .await
+}
+
+/// Bumps the settings generation of the connection's workspaces: polls in flight with
+/// the old settings record nothing.
+async fn supersede_polls(
+    conn: &mut AsyncPgConnection,
+    connection: &VcsConnectionId,
+) -> Result<(), diesel::result::Error> {
+    diesel::update(workspaces::table.filter(workspaces::vcs_connection_id.eq(connection)))
+        .set(workspaces::vcs_settings_generation.eq(workspaces::vcs_settings_generation + 1))
+        .execute(conn)
         .await
-        .map_err(map_conflict)
+        .map(drop)
 }
 
 /// Deletes the connection. Linked workspaces keep their repository settings, lose the
@@ -344,6 +380,8 @@ pub async fn delete(conn: &mut AsyncPgConnection, id: &str) -> Result<(), ApiErr
                     existing.id
                 )),
                 workspaces::vcs_last_error_at.eq(diesel::dsl::now),
+                // Polls in flight through this connection record nothing.
+                workspaces::vcs_settings_generation.eq(workspaces::vcs_settings_generation + 1),
             ))
             .execute(conn)
             .await?;

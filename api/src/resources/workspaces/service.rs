@@ -327,7 +327,7 @@ pub async fn update(
         .await
         .map_err(map_conflict)?;
     Ok(Updated {
-        vcs_settings_changed: url_changed || branch_changed || connection_changed,
+        vcs_settings_changed: settings_changed,
         workspace,
     })
 }
