@@ -170,6 +170,41 @@ pub fn ms(duration: Duration) -> String {
     format!("{:.1} ms", duration.as_secs_f64() * 1000.0)
 }
 
+/// CPU seconds (user + system) used so far by process `pid`.
+pub fn cpu_seconds_of(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are 14th and 15th.
+    let after = stat
+        .rsplit_once(") ")
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// CPU seconds used so far by every PostgreSQL server process (all sessions).
+pub fn postgres_cpu_seconds() -> f64 {
+    std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+                .filter(|pid| {
+                    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                        .is_ok_and(|comm| comm.trim() == "postgres")
+                })
+                .map(cpu_seconds_of)
+                .sum()
+        })
+        .unwrap_or(0.0)
+}
+
 /// A child process of the benchmark, measured through /proc and stopped on drop.
 pub struct Measured {
     pub child: std::process::Child,
@@ -182,12 +217,29 @@ impl Measured {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../target/release")
             .join(binary);
+        // BENCH_LOGS=DIR keeps each process's log (at info) in DIR.
+        let stderr = match std::env::var("BENCH_LOGS") {
+            Ok(dir) => {
+                static NEXT: std::sync::atomic::AtomicUsize =
+                    std::sync::atomic::AtomicUsize::new(0);
+                let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                std::process::Stdio::from(
+                    std::fs::File::create(format!("{dir}/{binary}-{n}.log")).expect("log file"),
+                )
+            }
+            Err(_) => std::process::Stdio::null(),
+        };
+        let level = if std::env::var("BENCH_LOGS").is_ok() {
+            "info"
+        } else {
+            "warn"
+        };
         let child = std::process::Command::new(path)
             .args(args)
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", level)
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap_or_else(|err| panic!("{binary}: {err} (build it with cargo build --release)"));
         Measured {
@@ -198,23 +250,7 @@ impl Measured {
 
     /// User + system CPU seconds used so far.
     pub fn cpu_seconds(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // Fields after the parenthesised command name; utime and stime are 14th and 15th.
-        let after = stat
-            .rsplit_once(") ")
-            .map(|(_, rest)| rest)
-            .unwrap_or_default();
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks: f64 = fields
-            .get(11)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            + fields
-                .get(12)
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0);
-        ticks / 100.0
+        cpu_seconds_of(self.child.id())
     }
 
     /// Peak resident set size so far, in MiB.
@@ -405,6 +441,19 @@ impl Fleet {
     /// Runs a `SELECT count(*) AS n …` query.
     pub async fn count(&self, query: &str) -> i64 {
         count(&self.db, query).await
+    }
+
+    /// Records every repository's head as polled (its run exists), as after a first
+    /// pass: what follows costs no archive.
+    pub async fn mark_heads_polled(&self) {
+        use terrapod_vcs_sim::Kind;
+        for (path, _) in &self.repos {
+            let head = self.sim.sim().repo(Kind::Github, path).unwrap().branches["main"].clone();
+            self.count(&format!(
+                "WITH h AS (UPDATE workspaces SET vcs_last_commit_sha = '{head}' WHERE vcs_repo_path = '{path}' RETURNING 1) SELECT count(*) AS n FROM h"
+            ))
+            .await;
+        }
     }
 
     /// Every workspace due now, as if the interval had passed.

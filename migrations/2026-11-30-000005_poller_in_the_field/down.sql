@@ -3,6 +3,8 @@ DROP TABLE provider_budgets;
 ALTER TABLE workspaces DROP COLUMN vcs_poll_requested_at;
 ALTER TABLE workspaces DROP COLUMN vcs_poll_queued_at;
 ALTER TABLE workspaces DROP COLUMN vcs_settings_generation;
+DROP INDEX workspaces_poll_due;
+CREATE INDEX workspaces_poll_due ON workspaces (vcs_last_attempt_at NULLS FIRST) WHERE vcs_repo_url <> '';
 DROP TABLE commit_archives;
 ALTER TABLE configuration_archives ADD COLUMN data BYTEA;
 UPDATE configuration_archives a SET data = (

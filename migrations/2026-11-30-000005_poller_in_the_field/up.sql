@@ -29,6 +29,13 @@ CREATE TABLE commit_archives (
     CONSTRAINT commit_archives_stored_or_refused CHECK ((archive_sha256 IS NULL) <> (refusal IS NULL))
 );
 
+-- Claims take the oldest due workspaces, a repository's together: an index in that
+-- order lets a claim read just the rows it takes, however many are due.
+DROP INDEX workspaces_poll_due;
+CREATE INDEX workspaces_poll_due
+    ON workspaces (vcs_last_attempt_at NULLS FIRST, vcs_connection_id, vcs_repo_path)
+    WHERE vcs_repo_url <> '';
+
 -- Bumped by every change of a workspace's VCS settings; a poll records its result
 -- only if the generation it read is still current, so a poll of the old repository
 -- that is in flight during a PATCH records nothing.

@@ -60,7 +60,7 @@ pub fn context_with_window(
     // One connection per poll in flight: scheduled polls and message polls each up to
     // the concurrency, plus claims. Budget statements have a pool of their own, so a
     // poll waiting for the budget never waits for its own pool.
-    let pool = db::locking_pool(url, "terrapod-poller", 2 * concurrency + 2)?;
+    let pool = db::pool(url, "terrapod-poller", 2 * concurrency + 2)?;
     let budget = RequestBudget::new(
         db::pool(url, "terrapod-poller-budget", 4)?,
         BudgetLimits {

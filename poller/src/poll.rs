@@ -153,10 +153,15 @@ pub async fn poll_workspace(
         };
         // A poll under way sees this request when it records its result, and polls
         // again before giving its lock up: whoever holds the lock covers it.
-        let loaded = match store::lock_and_load(&mut conn, workspace).await? {
-            None => return Ok(PollOutcome::Gone),
-            Some((false, ..)) => return Ok(PollOutcome::Locked),
-            Some((true, loaded, connection)) => (loaded, connection),
+        let loaded = match store::lock_and_load(&mut conn, workspace).await {
+            Ok(None) => return Ok(PollOutcome::Gone),
+            Ok(Some((false, ..))) => return Ok(PollOutcome::Locked),
+            Ok(Some((true, loaded, connection))) => (loaded, connection),
+            Err(err) => {
+                // Whether the lock was taken is unknown: close the session.
+                let _ = PooledConnection::take(conn);
+                return Err(err.into());
+            }
         };
         let mut locked = LockedConnection {
             conn: Some(conn),
@@ -550,10 +555,9 @@ impl<'a> Target<'a> {
             Stop::Problem
         })?;
 
-        let head = self
-            .head(&branch)
-            .await
-            .map_err(|err| Stop::provider(report, err))?;
+        // The head and the open pull requests are independent: ask for both at once.
+        let (head, pulls) = tokio::join!(self.head(&branch), self.pulls(&branch));
+        let head = head.map_err(|err| Stop::provider(report, err))?;
         if self.workspace.vcs_last_commit_sha.as_deref() != Some(head.sha.as_str()) {
             match archives::archive_for(self, conn, &head.sha).await? {
                 // The SHA is not advanced: the next poll tries again; nothing is lost.
@@ -573,10 +577,7 @@ impl<'a> Target<'a> {
             }
         }
 
-        let pulls = self
-            .pulls(&branch)
-            .await
-            .map_err(|err| Stop::provider(report, err))?;
+        let pulls = pulls.map_err(|err| Stop::provider(report, err))?;
         for pull in pulls.iter() {
             if pull.from_fork {
                 // Fork code would run with the workspace's credentials.

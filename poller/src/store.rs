@@ -19,7 +19,6 @@ use crate::cache::{Freshness, RepoKey};
 /// Seed of the 64-bit advisory-lock keys of workspace polls (`hashtextextended(id,
 /// seed)`); the SQL fragments below spell it out (0x7470 = 29808).
 const LOCK_SEED: i64 = 0x7470;
-const LOCK_WORKSPACE: &str = "pg_try_advisory_lock(hashtextextended(workspaces.id, 29808))";
 /// Unlocks unless a poll was asked for after the bound timestamp (then `false`).
 const UNLOCK_UNLESS_ASKED_SINCE: [&str; 2] = [
     "CASE WHEN vcs_poll_requested_at IS NULL OR vcs_poll_requested_at <= ",
@@ -106,8 +105,12 @@ pub async fn claim_due(
                     OR vcs_last_attempt_at <= $1 - make_interval(secs => $2))
                AND (vcs_connection_id IS NULL OR vcs_connection_id <> ALL($4))
              -- Oldest first; a repository's workspaces together, so one replica polls
-             -- them one after another from one set of provider answers.
-             ORDER BY vcs_last_attempt_at NULLS FIRST, vcs_connection_id, vcs_repo_path
+             -- them one after another from one set of provider answers; connections
+             -- in an order of this replica's own, so replicas work on different
+             -- installations at once instead of crowding one (20 requests at most).
+             ORDER BY vcs_last_attempt_at NULLS FIRST,
+                      hashtextextended(coalesce(vcs_connection_id, ''), $5),
+                      vcs_connection_id, vcs_repo_path
              LIMIT $3
              FOR UPDATE SKIP LOCKED)
          UPDATE workspaces w SET vcs_last_attempt_at = now()
@@ -126,9 +129,19 @@ pub async fn claim_due(
             .map(VcsConnectionId::as_str)
             .collect::<Vec<_>>(),
     )
+    .bind::<BigInt, _>(*CLAIM_ORDER_SEED)
     .load(conn)
     .await
 }
+
+/// This process's order of connections when claiming (see [`claim_due`]).
+static CLAIM_ORDER_SEED: std::sync::LazyLock<i64> = std::sync::LazyLock::new(|| {
+    terrapod_shared::ids::random_base58(8)
+        .bytes()
+        .fold(0i64, |seed, byte| {
+            seed.wrapping_mul(131).wrapping_add(i64::from(byte))
+        })
+});
 
 #[derive(QueryableByName)]
 struct Seconds {
@@ -207,9 +220,19 @@ pub async fn take_poll_request(
     })
 }
 
+diesel::define_sql_function! {
+    /// PostgreSQL's `hashtextextended(text, seed)`: a 64-bit hash.
+    fn hashtextextended(text: Text, seed: BigInt) -> BigInt;
+}
+
+diesel::define_sql_function! {
+    fn pg_try_advisory_lock(key: BigInt) -> Bool;
+}
+
 /// Takes the workspace's session advisory lock if it is free and, in the same
-/// statement, reads the workspace and its connection (if it still has one). `None`
-/// when the workspace is gone; `Some((false, …))` when another poll holds the lock.
+/// statement (a prepared one: the hottest of the poller), reads the workspace and its
+/// connection (if it still has one). `None` when the workspace is gone;
+/// `Some((false, …))` when another poll holds the lock.
 pub async fn lock_and_load(
     conn: &mut AsyncPgConnection,
     workspace: &WorkspaceId,
@@ -218,7 +241,7 @@ pub async fn lock_and_load(
         .find(workspace)
         .left_join(vcs_connections::table)
         .select((
-            diesel::dsl::sql::<Bool>(LOCK_WORKSPACE),
+            pg_try_advisory_lock(hashtextextended(workspaces::id, LOCK_SEED)),
             Workspace::as_select(),
             Option::<VcsConnection>::as_select(),
         ))
@@ -479,11 +502,10 @@ mod tests {
 
     #[test]
     fn every_lock_statement_uses_the_same_key() {
-        for fragment in [LOCK_WORKSPACE, UNLOCK_UNLESS_ASKED_SINCE[1]] {
-            assert!(
-                fragment.contains(&format!("hashtextextended(workspaces.id, {LOCK_SEED})")),
-                "{fragment}"
-            );
-        }
+        let unlock = UNLOCK_UNLESS_ASKED_SINCE[1];
+        assert!(
+            unlock.contains(&format!("hashtextextended(workspaces.id, {LOCK_SEED})")),
+            "{unlock}"
+        );
     }
 }

@@ -57,7 +57,7 @@ async fn two_replicas_never_grant_more_than_the_limit_in_any_window() {
                 .await
                 .unwrap();
             granted.lock().unwrap().push(Instant::now());
-            lease.release().await;
+            lease.release();
         }));
     }
     for task in tasks {
@@ -83,8 +83,7 @@ async fn scheduled_requests_leave_a_tenth_of_the_budget_to_requested_ones() {
             .acquire(&key, Priority::Scheduled, 1, Duration::from_secs(5))
             .await
             .unwrap()
-            .release()
-            .await;
+            .release();
     }
     // The schedule has used its 18; another scheduled request must wait for the window.
     let waiting = {
@@ -94,8 +93,7 @@ async fn scheduled_requests_leave_a_tenth_of_the_budget_to_requested_ones() {
                 .acquire(&key, Priority::Scheduled, 1, Duration::from_secs(5))
                 .await
                 .unwrap()
-                .release()
-                .await;
+                .release();
             Instant::now()
         })
     };
@@ -105,8 +103,7 @@ async fn scheduled_requests_leave_a_tenth_of_the_budget_to_requested_ones() {
             .acquire(&key, Priority::Requested, 1, Duration::from_secs(5))
             .await
             .unwrap()
-            .release()
-            .await;
+            .release();
     }
     assert!(
         asked.elapsed() < Duration::from_millis(500),
@@ -141,7 +138,7 @@ async fn no_more_requests_than_the_cap_are_in_flight_at_once() {
             most.fetch_max(now, Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(300)).await;
             in_flight.fetch_sub(1, Ordering::SeqCst);
-            lease.release().await;
+            lease.release();
         }));
     }
     for task in tasks {

@@ -21,15 +21,7 @@ async fn main() {
     let webhooks = arg("--webhooks", 20);
     let fleet = Fleet::build(repos, 1, 1).await;
     // Start from polled workspaces (the first pass's archives are not the point here).
-    for (path, workspaces) in &fleet.repos {
-        let head = fleet.sim.sim().repo(Kind::Github, path).unwrap().branches["main"].clone();
-        fleet
-            .count(&format!(
-                "WITH h AS (UPDATE workspaces SET vcs_last_commit_sha = '{head}' WHERE id = '{}' RETURNING 1) SELECT count(*) AS n FROM h",
-                workspaces[0]
-            ))
-            .await;
-    }
+    fleet.mark_heads_polled().await;
     fleet.sim.set_latency(latency, 0);
     let envs: Vec<Vec<(String, String)>> =
         (0..replicas).map(|_| fleet.poller_env(60, &[])).collect();

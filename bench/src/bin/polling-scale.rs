@@ -8,10 +8,14 @@
 //!    schedule: webhook-to-run latency (every workspace of the repository has its run)
 //!    beside the provider time one webhook-triggered poll needs;
 //! 3. the same pass with 1, 2 and 4 replicas: latency-bound work shared.
+//!
+//! `--replicas-only` skips 1 and 2 (the heads are recorded as polled instead).
 
 use std::time::{Duration, Instant};
 
-use terrapod_bench::{arg, metric, ms, percentile, wait_until, Fleet, Measured};
+use terrapod_bench::{
+    arg, cpu_seconds_of, metric, ms, percentile, postgres_cpu_seconds, wait_until, Fleet, Measured,
+};
 use terrapod_vcs_sim::Kind;
 
 const WEBHOOK_SECRET: &str = "bench-webhook-secret";
@@ -44,6 +48,11 @@ async fn main() {
         "setup: {repos} repositories over {installations} installations, {total} workspaces in {:.1}s",
         setup.elapsed().as_secs_f64()
     );
+    if std::env::args().any(|a| a == "--replicas-only") {
+        fleet.mark_heads_polled().await;
+        replicas(&fleet, total, latency).await;
+        return;
+    }
 
     // 1. The first pass creates a run per workspace; the next interval is idle.
     let env = fleet.poller_env(interval, &[]);
@@ -162,18 +171,30 @@ async fn main() {
         burst_took.as_secs_f64()
     );
 
-    // 3. One pass with 1, 2 and 4 replicas (nothing changed: latency-bound polling).
+    replicas(&fleet, total, latency).await;
+}
+
+/// 3. One pass with 1, 2 and 4 replicas (nothing changed: latency-bound polling).
+async fn replicas(fleet: &Fleet, total: i64, latency: u64) {
     println!("## One pass over {total} workspaces, {latency} ms per answer");
     println!();
-    println!("| replicas | pass | speed-up | counted requests | 304 answers | pollers' CPU | peak RSS per poller |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| replicas | pass | speed-up | counted requests | 304 answers | pollers' CPU | PostgreSQL CPU | simulator CPU | peak RSS per poller |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let mut single = None;
     for replicas in [1usize, 2, 4] {
+        // Each pass starts with its installations' budgets unused in the last minute,
+        // as a pass does in steady state (one pass per 60 s interval).
+        tokio::time::sleep(Duration::from_secs(65)).await;
         fleet.make_all_due().await;
         let start = chrono::Utc::now();
         let before = fleet.sim.stats(Kind::Github);
-        let mut pollers: Vec<Measured> = (0..replicas)
-            .map(|_| Measured::spawn("terrapod-poller", &["run"], &fleet.poller_env(3600, &[])))
+        let (postgres_before, sim_before) =
+            (postgres_cpu_seconds(), cpu_seconds_of(std::process::id()));
+        let envs: Vec<Vec<(String, String)>> =
+            (0..replicas).map(|_| fleet.poller_env(3600, &[])).collect();
+        let mut pollers: Vec<Measured> = envs
+            .iter()
+            .map(|env| Measured::spawn("terrapod-poller", &["run"], env))
             .collect();
         let pass = wait_until("the pass", Duration::from_secs(1800), async || {
             fleet
@@ -186,6 +207,30 @@ async fn main() {
         })
         .await;
         let cpu: f64 = pollers.iter().map(Measured::cpu_seconds).sum();
+        let postgres = postgres_cpu_seconds() - postgres_before;
+        // Where a poll's time went, from the pollers' own metrics.
+        let (mut polls, mut polling, mut waits, mut waiting) = (0.0, 0.0, 0.0, 0.0);
+        for env in &envs {
+            let page = poller_metrics(env).await;
+            polls += metric(&page, "terrapod_vcs_poll_duration_seconds_count").unwrap_or(0.0);
+            polling += metric(&page, "terrapod_vcs_poll_duration_seconds_sum").unwrap_or(0.0);
+            waits += metric(
+                &page,
+                "terrapod_vcs_budget_wait_seconds_count{provider=\"github\"}",
+            )
+            .unwrap_or(0.0);
+            waiting += metric(
+                &page,
+                "terrapod_vcs_budget_wait_seconds_sum{provider=\"github\"}",
+            )
+            .unwrap_or(0.0);
+        }
+        eprintln!(
+            "{replicas} replicas: {polls} polls, {:.1} ms each on average; {waits} budget grants, {:.1} ms wait each",
+            polling / polls.max(1.0) * 1000.0,
+            waiting / waits.max(1.0) * 1000.0
+        );
+        let simulator = cpu_seconds_of(std::process::id()) - sim_before;
         let rss = pollers
             .iter()
             .map(Measured::peak_rss_mib)
@@ -196,7 +241,7 @@ async fn main() {
         let after = fleet.sim.stats(Kind::Github);
         let single_pass = *single.get_or_insert(pass);
         println!(
-            "| {replicas} | {:.1} s | {:.2}× | {} | {} | {:.1} s | {:.0} MiB |",
+            "| {replicas} | {:.1} s | {:.2}× | {} | {} | {:.1} s | {postgres:.1} s | {simulator:.1} s | {:.0} MiB |",
             pass.as_secs_f64(),
             single_pass.as_secs_f64() / pass.as_secs_f64(),
             after.counted - before.counted,

@@ -47,12 +47,12 @@ async fn a_pass_longer_than_the_interval_polls_each_workspace_once_and_polls_aft
     ]);
     assert_eq!(cycle_in_background(&ctx).await.unwrap().polled, 10);
 
-    // Every answer now takes 250 ms: a pass of ten workspaces takes about five
-    // seconds, five intervals.
-    world.sim.set_latency(250, 0);
+    // Every answer now takes 400 ms: a pass of ten workspaces takes several seconds,
+    // several intervals.
+    world.sim.set_latency(400, 0);
     world.make_all_due().await;
     let pass = cycle_in_background(&ctx);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     for (repo, _) in &workspaces {
         world
             .sim
@@ -63,7 +63,7 @@ async fn a_pass_longer_than_the_interval_polls_each_workspace_once_and_polls_aft
     let report = pass.await.unwrap();
     assert_eq!(
         report.polled, 10,
-        "each workspace once, though the pass outlasted the interval five times"
+        "each workspace once, though the pass outlasted the interval several times"
     );
     let mut checked = 0;
     for (repo, ws) in &workspaces {

@@ -40,43 +40,17 @@ pub enum DbSetupError {
     Migration(String),
 }
 
-/// A pool whose connections carry `application_name` and a statement timeout.
+/// A pool whose connections carry `application_name`, a statement timeout and TCP
+/// keepalives. A connection is checked out without a round trip: one whose session
+/// ended (a database restart) is recognised as broken and replaced. Code that takes
+/// session advisory locks closes its connection rather than return it holding one.
 pub fn pool(
     database_url: &str,
     application_name: &'static str,
     max_size: usize,
 ) -> Result<DbPool, DbSetupError> {
-    build_pool(
-        database_url,
-        application_name,
-        max_size,
-        RecyclingMethod::Verified,
-    )
-}
-
-/// Like [`pool`], for connections that take session advisory locks: a connection that
-/// comes back holding one (a panic, a cancelled task) gives it up before it is reused.
-pub fn locking_pool(
-    database_url: &str,
-    application_name: &'static str,
-    max_size: usize,
-) -> Result<DbPool, DbSetupError> {
-    build_pool(
-        database_url,
-        application_name,
-        max_size,
-        RecyclingMethod::CustomQuery("SELECT pg_advisory_unlock_all()".into()),
-    )
-}
-
-fn build_pool(
-    database_url: &str,
-    application_name: &'static str,
-    max_size: usize,
-    recycling_method: RecyclingMethod<AsyncPgConnection>,
-) -> Result<DbPool, DbSetupError> {
     let mut config = ManagerConfig::<AsyncPgConnection>::default();
-    config.recycling_method = recycling_method;
+    config.recycling_method = RecyclingMethod::Fast;
     config.custom_setup = Box::new(move |url| {
         async move {
             let mut conn = AsyncPgConnection::establish(url).await?;

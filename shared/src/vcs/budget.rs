@@ -32,7 +32,7 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use diesel::sql_types::{BigInt, Double, Integer, Text};
+use diesel::sql_types::{BigInt, Bool, Double, Integer, Nullable, Text};
 use diesel::{OptionalExtension, QueryableByName};
 use diesel_async::RunQueryDsl;
 use prometheus::HistogramVec;
@@ -145,10 +145,18 @@ pub struct RequestBudget {
 }
 
 #[derive(QueryableByName)]
-struct Granted {
-    #[diesel(sql_type = Integer)]
-    #[allow(dead_code)]
-    granted: i32,
+struct SpendOutcome {
+    #[diesel(sql_type = Bool)]
+    spent: bool,
+    #[diesel(sql_type = Nullable<Integer>)]
+    slot: Option<i32>,
+}
+
+enum Spent {
+    NoRoom,
+    /// Spent, but every concurrency slot is taken.
+    NoSlot,
+    AndLeased(i32),
 }
 
 #[derive(QueryableByName)]
@@ -173,7 +181,6 @@ pub struct Lease {
     key: String,
     slot: i32,
     holder: String,
-    released: bool,
 }
 
 impl RequestBudget {
@@ -227,27 +234,39 @@ impl RequestBudget {
         let deadline = started + self.patience(priority);
         let limit = self.limits.limit(key.provider, priority);
         let cost = (cost as i32).min(limit);
-        self.ensure_rows(key).await?;
-        while !self.try_spend(key, cost, limit).await? {
-            // Rows someone deleted are made again.
-            self.known.lock().expect("budget lock").remove(&key.key);
-            self.ensure_rows(key).await?;
-            let (wait, blocked) = self.wait_for_capacity(key).await?;
-            if Instant::now() + wait > deadline {
-                return Err(BudgetError::Exhausted {
-                    provider: key.provider,
-                    waited: started.elapsed().as_secs(),
-                    blocked_for: (blocked > 0.0).then(|| blocked.ceil() as u64),
-                });
-            }
-            self.sleep(wait).await?;
-        }
         let holder = crate::ids::random_base58(16);
+        self.ensure_rows(key).await?;
         let slot = loop {
-            if let Some(slot) = self.try_lease(key, hold, &holder).await? {
-                break slot;
+            match self
+                .try_spend_and_lease(key, cost, limit, hold, &holder)
+                .await?
+            {
+                Spent::AndLeased(slot) => break slot,
+                // All slots taken (rare: 20 of them): wait for one.
+                Spent::NoSlot => {
+                    break loop {
+                        if let Some(slot) = self.try_lease(key, hold, &holder).await? {
+                            break slot;
+                        }
+                        self.sleep(jitter(Duration::from_millis(50))).await?;
+                    }
+                }
+                Spent::NoRoom => {
+                    // Rows someone deleted are made again.
+                    self.known.lock().expect("budget lock").remove(&key.key);
+                    self.ensure_rows(key).await?;
+                    let (wait, blocked) = self.wait_for_capacity(key).await?;
+                    if Instant::now() + wait > deadline {
+                        return Err(BudgetError::Exhausted {
+                            provider: key.provider,
+                            waited: started.elapsed().as_secs(),
+                            blocked_for: (blocked > 0.0).then(|| blocked.ceil() as u64),
+                        });
+                    }
+                    self.sleep(wait).await?;
+                    continue;
+                }
             }
-            self.sleep(jitter(Duration::from_millis(50))).await?;
         };
         if let Some(histogram) = &self.wait_seconds {
             histogram
@@ -259,7 +278,6 @@ impl RequestBudget {
             key: key.key.clone(),
             slot,
             holder,
-            released: false,
         })
     }
 
@@ -333,32 +351,58 @@ impl RequestBudget {
         Ok(())
     }
 
-    /// Records `cost` requests in the current bucket if the last [`RING`] buckets leave room.
-    async fn try_spend(&self, key: &BudgetKey, cost: i32, limit: i32) -> Result<bool, BudgetError> {
+    /// In one statement: records `cost` requests in the current bucket if the last
+    /// [`RING`] buckets leave room, and if so leases a free concurrency slot.
+    async fn try_spend_and_lease(
+        &self,
+        key: &BudgetKey,
+        cost: i32,
+        limit: i32,
+        hold: Duration,
+        holder: &str,
+    ) -> Result<Spent, BudgetError> {
         let mut conn = self.pool.get().await.map_err(unavailable)?;
-        let granted: Vec<Granted> = diesel::sql_query(
+        let outcome: SpendOutcome = diesel::sql_query(
             "WITH now_bucket AS (
-                 SELECT floor(extract(epoch FROM clock_timestamp()) * 1000 / $4)::bigint AS b)
-             UPDATE provider_budgets SET
-                 counts[(nb.b % 62) + 1] = CASE WHEN seconds[(nb.b % 62) + 1] = nb.b
-                                                THEN counts[(nb.b % 62) + 1] + $2 ELSE $2 END,
-                 seconds[(nb.b % 62) + 1] = nb.b,
-                 updated_at = now()
-             FROM now_bucket nb
-             WHERE budget_key = $1
-               AND coalesce(blocked_until, '-infinity') <= clock_timestamp()
-               AND (SELECT coalesce(sum(u.c), 0) FROM unnest(counts, seconds) AS u(c, s)
-                    WHERE u.s > nb.b - 62) + $2 <= $3
-             RETURNING 1 AS granted",
+                 SELECT floor(extract(epoch FROM clock_timestamp()) * 1000 / $4)::bigint AS b),
+             spent AS (
+                 UPDATE provider_budgets SET
+                     counts[(nb.b % 62) + 1] = CASE WHEN seconds[(nb.b % 62) + 1] = nb.b
+                                                    THEN counts[(nb.b % 62) + 1] + $2 ELSE $2 END,
+                     seconds[(nb.b % 62) + 1] = nb.b,
+                     updated_at = now()
+                 FROM now_bucket nb
+                 WHERE budget_key = $1
+                   AND coalesce(blocked_until, '-infinity') <= clock_timestamp()
+                   AND (SELECT coalesce(sum(u.c), 0) FROM unnest(counts, seconds) AS u(c, s)
+                        WHERE u.s > nb.b - 62) + $2 <= $3
+                 RETURNING 1),
+             free AS (
+                 SELECT slot FROM provider_request_leases
+                 WHERE budget_key = $1 AND expires_at < clock_timestamp()
+                   AND EXISTS (SELECT 1 FROM spent)
+                 ORDER BY slot LIMIT 1 FOR UPDATE SKIP LOCKED),
+             leased AS (
+                 UPDATE provider_request_leases l
+                 SET holder = $6, expires_at = clock_timestamp() + make_interval(secs => $5)
+                 FROM free WHERE l.budget_key = $1 AND l.slot = free.slot
+                 RETURNING l.slot::integer AS slot)
+             SELECT EXISTS (SELECT 1 FROM spent) AS spent, (SELECT slot FROM leased) AS slot",
         )
         .bind::<Text, _>(&key.key)
         .bind::<Integer, _>(cost)
         .bind::<Integer, _>(limit)
         .bind::<Double, _>(self.limits.bucket_ms() as f64)
-        .load(&mut conn)
+        .bind::<Double, _>(hold.as_secs_f64())
+        .bind::<Text, _>(holder)
+        .get_result(&mut conn)
         .await
         .map_err(unavailable)?;
-        Ok(!granted.is_empty())
+        Ok(match (outcome.spent, outcome.slot) {
+            (false, _) => Spent::NoRoom,
+            (true, None) => Spent::NoSlot,
+            (true, Some(slot)) => Spent::AndLeased(slot),
+        })
     }
 
     /// How long until the oldest bucket that still counts leaves the window, or the
@@ -419,19 +463,15 @@ impl RequestBudget {
 }
 
 impl Lease {
-    pub async fn release(mut self) {
-        self.released = true;
-        release(&self.pool, &self.key, self.slot, &self.holder).await;
+    /// Gives the slot back, in the background: the request that held it goes on at
+    /// once (the slot would expire at the end of its hold time anyway).
+    pub fn release(self) {
+        drop(self);
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if self.released {
-            return;
-        }
-        // A cancelled request: give the slot back in the background (it would expire
-        // at the end of its hold time anyway).
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let (pool, key, slot, holder) = (
                 self.pool.clone(),

@@ -238,7 +238,7 @@ impl VcsHttp {
         };
         let result = self.client.execute(request).instrument(span).await;
         if let Some(lease) = lease {
-            lease.release().await;
+            lease.release();
         }
         match result {
             Ok(response) => {
