@@ -38,6 +38,19 @@ pub enum TokenCommand {
         #[arg(long, default_value = "")]
         description: String,
     },
+    /// List tokens, one per line: id (at-…), role, description, created, last used
+    /// (tab-separated; never the token itself).
+    List {
+        /// Include revoked tokens (a sixth column says when they were revoked).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Revoke a token by its id (at-…): it stops working at once on every API
+    /// replica (within a few seconds).
+    Revoke {
+        /// The token's id, as `token list` shows it.
+        id: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]

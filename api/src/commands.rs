@@ -9,7 +9,9 @@ use secrecy::{ExposeSecret, SecretString};
 use terrapod_shared::crypto::KeyRing;
 use terrapod_shared::db::{self, DbPool};
 use terrapod_shared::domain::Role;
-use terrapod_shared::{tokens, Settings};
+use terrapod_shared::ids::ApiTokenId;
+use terrapod_shared::tokens::{self, Bootstrap, Revocation};
+use terrapod_shared::Settings;
 
 use crate::resources::vcs_connections::service::{reencrypt_all, RotateError};
 use crate::startup::Application;
@@ -84,6 +86,46 @@ pub async fn create_token(
     Ok(token)
 }
 
+/// `token list`: one tab-separated line per token.
+pub async fn list_tokens(settings: &Settings, all: bool) -> Result<Vec<String>, CommandError> {
+    let mut conn = connect(settings).await?;
+    let printable = |text: &str| -> String {
+        text.chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect()
+    };
+    let at = |time: chrono::DateTime<chrono::Utc>| {
+        time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    };
+    Ok(tokens::list(&mut conn, all)
+        .await?
+        .into_iter()
+        .map(|token| {
+            let mut line = format!(
+                "{}\t{}\t{}\t{}\t{}",
+                token.public_id,
+                token.role,
+                printable(&token.description),
+                at(token.created_at),
+                token.last_used_at.map_or_else(|| "never".to_owned(), at),
+            );
+            if let Some(revoked) = token.revoked_at {
+                line.push_str(&format!("\trevoked {}", at(revoked)));
+            }
+            line
+        })
+        .collect())
+}
+
+/// `token revoke ID`.
+pub async fn revoke_token(settings: &Settings, id: &str) -> Result<Revocation, CommandError> {
+    let Ok(id) = ApiTokenId::parse(id) else {
+        return Ok(Revocation::Unknown);
+    };
+    let mut conn = connect(settings).await?;
+    Ok(tokens::revoke(&mut conn, &id).await?)
+}
+
 pub async fn rotate_keys(settings: &Settings) -> Result<usize, CommandError> {
     let keys: &KeyRing = settings
         .encryption
@@ -99,13 +141,15 @@ pub async fn build_server(settings: Settings) -> Result<Application, CommandErro
     // Waits for PostgreSQL (logging each failed attempt) before serving.
     let mut conn = with_backoff("PostgreSQL", usize::MAX, || pool.get()).await?;
     if let Some(token) = &settings.bootstrap_token {
-        tokens::store(
-            &mut conn,
-            token,
-            Role::Admin,
-            "bootstrap token (TERRAPOD_AUTH__BOOTSTRAP_TOKEN)",
-        )
-        .await?;
+        match tokens::ensure_bootstrap(&mut conn, token).await? {
+            Bootstrap::Active { replaced: 0 } => {}
+            Bootstrap::Active { replaced } => {
+                tracing::info!(revoked = replaced, "TERRAPOD_AUTH__BOOTSTRAP_TOKEN changed: the previous bootstrap token was revoked");
+            }
+            Bootstrap::Revoked => tracing::warn!(
+                "the bootstrap token (TERRAPOD_AUTH__BOOTSTRAP_TOKEN) was revoked and stays revoked; set a new one"
+            ),
+        }
     }
     drop(conn);
     Ok(Application::build(settings, pool)?)

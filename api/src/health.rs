@@ -1,9 +1,7 @@
 //! Liveness, readiness and the TFE ping.
 
 use actix_web::{web, HttpResponse};
-use secrecy::ExposeSecret;
 use serde_json::json;
-use terrapod_shared::health;
 
 use crate::startup::AppState;
 
@@ -17,12 +15,21 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "healthy"}))
 }
 
+/// 200 while PostgreSQL answers (`degraded` when only RabbitMQ is away: CRUD keeps
+/// working), else 503. The broker's state is the publisher's connection, which a
+/// background task keeps open: a `/readyz` opens no connection of its own.
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let (ready, body) =
-        health::readiness(&state.pool, state.settings.amqp_url.expose_secret()).await;
-    if ready {
-        HttpResponse::Ok().json(body)
+    let broker = async {
+        if state.publisher.is_connected().await {
+            Ok(())
+        } else {
+            Err("no connection (the API retries every few seconds)".to_owned())
+        }
+    };
+    let readiness = state.readiness.readiness(&state.pool, broker).await;
+    if readiness.ready {
+        HttpResponse::Ok().json(readiness.body)
     } else {
-        HttpResponse::ServiceUnavailable().json(body)
+        HttpResponse::ServiceUnavailable().json(readiness.body)
     }
 }

@@ -18,6 +18,8 @@ use crate::error::ApiError;
 pub const CONTENT_TYPE: &str = "application/vnd.api+json";
 /// The largest body accepted on CRUD routes.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// The longest a request body may take to arrive.
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 pub const DEFAULT_PAGE_SIZE: i64 = 20;
 pub const MAX_PAGE_SIZE: i64 = 100;
 
@@ -75,7 +77,15 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonApiBody<T> {
         let req = req.clone();
         let mut payload = payload.take();
         Box::pin(async move {
-            let body = read_body(&req, &mut payload, MAX_BODY_BYTES).await?;
+            let body =
+                tokio::time::timeout(BODY_TIMEOUT, read_body(&req, &mut payload, MAX_BODY_BYTES))
+                    .await
+                    .map_err(|_| {
+                        ApiError::RequestTimeout(format!(
+                            "the request body did not arrive within {}s",
+                            BODY_TIMEOUT.as_secs()
+                        ))
+                    })??;
             if body.iter().all(u8::is_ascii_whitespace) {
                 return Err(ApiError::BadRequest(
                     "the request needs a JSON:API document body".into(),

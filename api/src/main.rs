@@ -5,6 +5,7 @@ use secrecy::ExposeSecret;
 use terrapod_api::cli::{Cli, Command, KeysCommand, TokenCommand};
 use terrapod_api::commands;
 use terrapod_shared::crypto::KeyRing;
+use terrapod_shared::tokens::Revocation;
 use terrapod_shared::{telemetry, Settings};
 
 #[tokio::main]
@@ -37,6 +38,30 @@ async fn main() -> ExitCode {
             .map(|token| {
                 println!("{}", token.expose_secret());
             }),
+        Command::Token {
+            command: TokenCommand::List { all },
+        } => commands::list_tokens(&settings, all).await.map(|lines| {
+            for line in lines {
+                println!("{line}");
+            }
+        }),
+        Command::Token {
+            command: TokenCommand::Revoke { id },
+        } => match commands::revoke_token(&settings, &id).await {
+            Ok(Revocation::Revoked) => {
+                println!("revoked {id}");
+                Ok(())
+            }
+            Ok(Revocation::AlreadyRevoked) => {
+                println!("{id} was already revoked");
+                Ok(())
+            }
+            Ok(Revocation::Unknown) => {
+                eprintln!("terrapod-api: no token {id} (see `terrapod-api token list`)");
+                return ExitCode::FAILURE;
+            }
+            Err(err) => Err(err),
+        },
         Command::Keys {
             command: KeysCommand::Rotate,
         } => commands::rotate_keys(&settings).await.map(|count| {

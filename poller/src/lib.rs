@@ -75,6 +75,7 @@ pub fn context_with_window(
         pool,
         vcs: VcsShared::new(http),
         downloads: Semaphore::new(concurrency.min(MAX_DOWNLOADS)),
+        readiness: Default::default(),
         settings: Arc::new(settings),
         metrics,
     }))

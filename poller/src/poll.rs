@@ -42,6 +42,7 @@ pub struct PollContext {
     pub metrics: PollerMetrics,
     /// Archive downloads in flight in this process (each streams to temporary files).
     pub downloads: Semaphore,
+    pub readiness: terrapod_shared::health::ReadinessCache,
 }
 
 impl PollContext {

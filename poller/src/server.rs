@@ -7,7 +7,7 @@ use actix_web::dev::Server;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use secrecy::ExposeSecret;
 use serde_json::json;
-use terrapod_shared::health;
+use terrapod_shared::queue;
 
 use crate::poll::PollContext;
 
@@ -15,12 +15,18 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "healthy"}))
 }
 
+/// 200 while PostgreSQL answers (`degraded` when only RabbitMQ is away: the schedule
+/// keeps polling), else 503; cached for about a second.
 async fn readyz(ctx: web::Data<Arc<PollContext>>) -> HttpResponse {
-    let (ready, body) = health::readiness(&ctx.pool, ctx.settings.amqp_url.expose_secret()).await;
-    if ready {
-        HttpResponse::Ok().json(body)
+    let broker = queue::check_broker(
+        ctx.settings.amqp_url.expose_secret(),
+        std::time::Duration::from_secs(3),
+    );
+    let readiness = ctx.readiness.readiness(&ctx.pool, broker).await;
+    if readiness.ready {
+        HttpResponse::Ok().json(readiness.body)
     } else {
-        HttpResponse::ServiceUnavailable().json(body)
+        HttpResponse::ServiceUnavailable().json(readiness.body)
     }
 }
 

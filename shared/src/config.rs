@@ -142,13 +142,33 @@ impl Settings {
                 github_requests_per_minute,
                 gitlab_requests_per_minute,
             },
-            bootstrap_token: env
-                .non_empty("TERRAPOD_AUTH__BOOTSTRAP_TOKEN")
-                .map(SecretString::from),
+            bootstrap_token: bootstrap_token(&env)?,
             external_url,
             log_format,
         })
     }
+}
+
+/// Long enough that it cannot be guessed: an admin token anyone can reach the API with.
+const MIN_BOOTSTRAP_TOKEN_CHARS: usize = 32;
+
+fn bootstrap_token(env: &Env) -> Result<Option<SecretString>, ConfigError> {
+    let Some(token) = env.non_empty("TERRAPOD_AUTH__BOOTSTRAP_TOKEN") else {
+        return Ok(None);
+    };
+    let token = token.trim();
+    if token.chars().count() < MIN_BOOTSTRAP_TOKEN_CHARS
+        || token.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        // The value itself is never echoed.
+        return Err(ConfigError {
+            variable: "TERRAPOD_AUTH__BOOTSTRAP_TOKEN",
+            reason: format!(
+                "must be at least {MIN_BOOTSTRAP_TOKEN_CHARS} characters without spaces (for example `openssl rand -hex 32`)"
+            ),
+        });
+    }
+    Ok(Some(SecretString::from(token.to_owned())))
 }
 
 struct Env<'a> {
@@ -261,11 +281,22 @@ mod tests {
             ("TERRAPOD_VCS__MAX_ARCHIVE_BYTES", "-1"),
             ("TERRAPOD_VCS__GITHUB__REQUESTS_PER_MINUTE", "0"),
             ("TERRAPOD_VCS__GITLAB__REQUESTS_PER_MINUTE", "lots"),
+            ("TERRAPOD_AUTH__BOOTSTRAP_TOKEN", "too-short-to-be-safe"),
         ] {
             let err = settings(&[(variable, value)]).unwrap_err();
             assert_eq!(err.variable, variable, "{value}");
             assert!(err.to_string().starts_with(variable));
         }
+    }
+
+    #[test]
+    fn a_short_bootstrap_token_is_refused_without_echoing_it() {
+        let err = settings(&[("TERRAPOD_AUTH__BOOTSTRAP_TOKEN", "hunter2hunter2")]).unwrap_err();
+        assert_eq!(err.variable, "TERRAPOD_AUTH__BOOTSTRAP_TOKEN");
+        assert!(!err.to_string().contains("hunter2"));
+        let long = "x".repeat(32);
+        let ok = settings(&[("TERRAPOD_AUTH__BOOTSTRAP_TOKEN", long.as_str())]).unwrap();
+        assert!(ok.bootstrap_token.is_some());
     }
 
     #[test]

@@ -111,6 +111,11 @@ prefixed_id!(
     ConfigurationVersionId,
     "cv-"
 );
+prefixed_id!(
+    /// An API token (`at-…`): how `token list` names it and `token revoke` takes it.
+    ApiTokenId,
+    "at-"
+);
 
 #[cfg(test)]
 mod tests {

@@ -249,6 +249,23 @@ impl Publisher {
                 connection.status().connected() && channel.status().connected()
             })
     }
+
+    /// Opens the confirm channel if it is not open (within the publish timeout).
+    pub async fn ensure_connected(&self) -> Result<(), QueueError> {
+        let attempt = async {
+            let mut state = self.state.lock().await;
+            let usable = state.as_ref().is_some_and(|(connection, channel)| {
+                connection.status().connected() && channel.status().connected()
+            });
+            if !usable {
+                *state = Some(self.open().await?);
+            }
+            Ok(())
+        };
+        tokio::time::timeout(self.timeout, attempt)
+            .await
+            .unwrap_or(Err(QueueError::Timeout(self.timeout)))
+    }
 }
 
 #[cfg(test)]

@@ -583,14 +583,8 @@ async fn slow_providers_time_out_instead_of_hanging() {
     );
     sim.inject_fault(Fault {
         latency_ms: Some(2_000),
-        ..Fault {
-            method: None,
-            path_contains: Some("/repository/branches/".into()),
-            status: None,
-            retry_after: None,
-            latency_ms: None,
-            count: 10,
-        }
+        count: 10,
+        ..Fault::matching("/repository/branches/")
     });
     let started = Instant::now();
     let err = gitlab_impatient

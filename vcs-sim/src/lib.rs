@@ -263,11 +263,25 @@ fn to_specs(files: &[(&str, &str)]) -> Vec<(String, Option<FileSpec>)> {
 /// A fault that fails the next `count` requests whose path contains `path_contains`.
 pub fn fault(path_contains: &str, status: u16, count: u64) -> Fault {
     Fault {
-        method: None,
-        path_contains: Some(path_contains.to_owned()),
         status: Some(status),
-        retry_after: None,
-        latency_ms: None,
         count,
+        ..Fault::matching(path_contains)
+    }
+}
+
+impl Fault {
+    /// Does nothing yet to the next request whose path contains `path_contains`: set
+    /// what it should do.
+    pub fn matching(path_contains: &str) -> Fault {
+        Fault {
+            method: None,
+            path_contains: Some(path_contains.to_owned()),
+            status: None,
+            retry_after: None,
+            latency_ms: None,
+            redirect_to: None,
+            link_next: None,
+            count: 1,
+        }
     }
 }

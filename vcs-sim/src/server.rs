@@ -92,17 +92,31 @@ pub async fn dispatch(req: HttpRequest, body: web::Bytes, ctx: web::Data<Context
         if let Some(status) = fault.status {
             return injected(kind, fault, status, &ctx);
         }
+        if let Some(location) = &fault.redirect_to {
+            return HttpResponse::Found()
+                .insert_header(("Location", location.as_str()))
+                .finish();
+        }
     }
-    if let Some(rest) = path.strip_prefix("/_codeload/") {
-        return codeload(rest, &ctx).await;
+    let mut response = if let Some(rest) = path.strip_prefix("/_codeload/") {
+        codeload(rest, &ctx).await
+    } else {
+        match kind {
+            Kind::Gitlab => match gitlab(&req, &path["/api/v4/".len()..], &ctx) {
+                Answer::Ready(response) => response,
+                Answer::Archive(kind, full, sha) => archive_response(&ctx, kind, &full, &sha).await,
+            },
+            Kind::Github => github(&req, &path[1..], &ctx),
+        }
+    };
+    if let Some(next) = fault.as_ref().and_then(|f| f.link_next.as_deref()) {
+        if let Ok(value) = format!("<{next}>; rel=\"next\"").parse() {
+            response
+                .headers_mut()
+                .insert(actix_web::http::header::LINK, value);
+        }
     }
-    match kind {
-        Kind::Gitlab => match gitlab(&req, &path["/api/v4/".len()..], &ctx) {
-            Answer::Ready(response) => response,
-            Answer::Archive(kind, full, sha) => archive_response(&ctx, kind, &full, &sha).await,
-        },
-        Kind::Github => github(&req, &path[1..], &ctx),
-    }
+    response
 }
 
 /// A response, or an archive still to be made (outside the simulator's lock).

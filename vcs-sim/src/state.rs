@@ -132,6 +132,12 @@ pub struct Fault {
     pub retry_after: Option<u64>,
     #[serde(default)]
     pub latency_ms: Option<u64>,
+    /// Answer `302 Found` with this `Location` instead (a redirect to wherever).
+    #[serde(default)]
+    pub redirect_to: Option<String>,
+    /// Answer normally, with `Link: <this>; rel="next"` (a page elsewhere).
+    #[serde(default)]
+    pub link_next: Option<String>,
     #[serde(default = "one")]
     pub count: u64,
 }

@@ -1,6 +1,14 @@
 //! `POST /api/v2/vcs-events/github` and `POST /api/v2/vcs-events/gitlab`.
+//!
+//! Nothing is trusted before it is verified: GitLab's token is checked before the body
+//! is read; GitHub's signature needs the body, which is read within a size limit, a
+//! time limit and a per-process budget of bytes in flight.
 
-pub mod service;
+pub mod deliveries;
+pub mod payload;
+pub mod verify;
+
+use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -13,91 +21,132 @@ use terrapod_shared::Settings;
 use crate::error::ApiError;
 use crate::jsonapi::read_body;
 use crate::startup::AppState;
-use service::Delivery;
+use payload::Delivery;
 
 /// The largest webhook body accepted.
 pub const MAX_WEBHOOK_BYTES: usize = 25 * 1024 * 1024;
+/// The longest a webhook body may take to arrive.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest a delivery waits for room among the bytes in flight.
+const BYTES_WAIT: Duration = Duration::from_secs(2);
 
-fn message(status: StatusCode, text: &str) -> HttpResponse {
-    HttpResponse::build(status).json(json!({ "message": text }))
+/// How a genuine delivery ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookOutcome {
+    /// Polls were queued for the matching workspaces (perhaps none).
+    Accepted,
+    /// This delivery id was handled before: nothing queued.
+    Duplicate,
+    /// GitHub's ping.
+    Pong,
+    /// An event that cannot bring a new commit.
+    Ignored,
+}
+
+impl WebhookOutcome {
+    /// The `result` label of `terrapod_vcs_webhooks_received_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            WebhookOutcome::Accepted => "accepted",
+            WebhookOutcome::Duplicate => "duplicate",
+            WebhookOutcome::Pong => "pong",
+            WebhookOutcome::Ignored => "ignored",
+        }
+    }
+
+    pub fn response(self) -> HttpResponse {
+        let (status, message) = match self {
+            WebhookOutcome::Accepted => (StatusCode::ACCEPTED, "accepted"),
+            WebhookOutcome::Duplicate => (StatusCode::OK, "duplicate"),
+            WebhookOutcome::Pong => (StatusCode::OK, "pong"),
+            WebhookOutcome::Ignored => (StatusCode::OK, "ignored"),
+        };
+        HttpResponse::build(status).json(json!({ "message": message }))
+    }
+}
+
+/// The `result` label of a refused delivery.
+fn error_label(err: &ApiError) -> &'static str {
+    match err {
+        ApiError::Unauthorized | ApiError::BadSignature(_) => "unauthorized",
+        ApiError::PayloadTooLarge(_) => "too_large",
+        ApiError::BadRequest(_) | ApiError::RequestTimeout(_) => "invalid",
+        ApiError::Unavailable(_) => "unavailable",
+        _ => "error",
+    }
+}
+
+/// What an event header asks of us.
+enum Event {
+    /// A push or PR/MR change: poll the repository's workspaces.
+    Change,
+    Ping,
+    Other,
 }
 
 fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Counts the outcome, then passes it on.
-fn counted(
-    state: &AppState,
-    provider: Provider,
-    result: &Result<HttpResponse, ApiError>,
-    label: &str,
-) {
-    let label = match result {
-        Ok(_) => label,
-        Err(ApiError::Unauthorized | ApiError::BadSignature(_)) => "unauthorized",
-        Err(ApiError::PayloadTooLarge(_)) => "too_large",
-        Err(ApiError::BadRequest(_)) => "invalid",
-        Err(ApiError::Unavailable(_)) => "unavailable",
-        Err(_) => "error",
-    };
-    state
-        .metrics
-        .webhooks_received
-        .with_label_values(&[provider.as_str(), label])
-        .inc();
+/// The two providers' webhook conventions.
+#[derive(Clone, Copy)]
+enum Hook {
+    GitHub,
+    GitLab,
 }
 
-/// What differs between the providers' webhooks.
-struct Hook {
-    provider: Provider,
-    secret: fn(&Settings) -> Option<&SecretString>,
-    /// Whether the request proves it knows the secret.
-    authentic: fn(&str, &[u8], &HttpRequest) -> bool,
-    authenticity_error: &'static str,
-    event_header: &'static str,
-    delivery_header: &'static str,
-    /// `Some(true)`: act on it; `Some(false)`: answer `pong`; `None`: ignore it.
-    acts_on: fn(&str) -> Option<bool>,
-    parse: fn(&[u8]) -> Result<Delivery, service::PayloadError>,
+impl Hook {
+    fn provider(self) -> Provider {
+        match self {
+            Hook::GitHub => Provider::GitHub,
+            Hook::GitLab => Provider::GitLab,
+        }
+    }
+
+    fn secret(self, settings: &Settings) -> Option<&SecretString> {
+        match self {
+            Hook::GitHub => settings.vcs.github_webhook_secret.as_ref(),
+            Hook::GitLab => settings.vcs.gitlab_webhook_secret.as_ref(),
+        }
+    }
+
+    fn event(self, req: &HttpRequest) -> Event {
+        match (self, header(req, self.event_header()).unwrap_or_default()) {
+            (Hook::GitHub, "push" | "pull_request") => Event::Change,
+            (Hook::GitHub, "ping") => Event::Ping,
+            (Hook::GitLab, "Push Hook" | "Merge Request Hook") => Event::Change,
+            _ => Event::Other,
+        }
+    }
+
+    fn event_header(self) -> &'static str {
+        match self {
+            Hook::GitHub => "x-github-event",
+            Hook::GitLab => "x-gitlab-event",
+        }
+    }
+
+    fn delivery_header(self) -> &'static str {
+        match self {
+            Hook::GitHub => "x-github-delivery",
+            Hook::GitLab => "x-gitlab-event-uuid",
+        }
+    }
+
+    fn parse(self, body: &[u8]) -> Result<Delivery, payload::PayloadError> {
+        match self {
+            Hook::GitHub => payload::parse_github(body),
+            Hook::GitLab => payload::parse_gitlab(body),
+        }
+    }
 }
-
-const GITHUB: Hook = Hook {
-    provider: Provider::GitHub,
-    secret: |settings| settings.vcs.github_webhook_secret.as_ref(),
-    authentic: |secret, body, req| {
-        service::github_signature_is_valid(secret, body, header(req, "x-hub-signature-256"))
-    },
-    authenticity_error: "missing or invalid X-Hub-Signature-256",
-    event_header: "x-github-event",
-    delivery_header: "x-github-delivery",
-    acts_on: |event| match event {
-        "push" | "pull_request" => Some(true),
-        "ping" => Some(false),
-        _ => None,
-    },
-    parse: service::parse_github,
-};
-
-const GITLAB: Hook = Hook {
-    provider: Provider::GitLab,
-    secret: |settings| settings.vcs.gitlab_webhook_secret.as_ref(),
-    authentic: |secret, _, req| {
-        service::gitlab_token_is_valid(secret, header(req, "x-gitlab-token"))
-    },
-    authenticity_error: "missing or invalid X-Gitlab-Token",
-    event_header: "x-gitlab-event",
-    delivery_header: "x-gitlab-event-uuid",
-    acts_on: |event| matches!(event, "Push Hook" | "Merge Request Hook").then_some(true),
-    parse: service::parse_gitlab,
-};
 
 pub async fn github(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    handle(&GITHUB, req, payload, &state).await
+    handle(Hook::GitHub, req, payload, &state).await
 }
 
 pub async fn gitlab(
@@ -105,60 +154,113 @@ pub async fn gitlab(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    handle(&GITLAB, req, payload, &state).await
+    handle(Hook::GitLab, req, payload, &state).await
 }
 
+/// Receives one delivery and counts how it ended.
 async fn handle(
-    hook: &Hook,
+    hook: Hook,
     req: HttpRequest,
     payload: web::Payload,
     state: &AppState,
 ) -> Result<HttpResponse, ApiError> {
-    let mut payload = payload.into_inner();
-    let mut label = "accepted";
-    let result = async {
-        let secret = (hook.secret)(&state.settings)
-            .filter(|_| state.settings.vcs.enabled)
-            .ok_or_else(|| {
-                ApiError::NotFound(format!("{} webhooks are not enabled", hook.provider))
-            })?;
-        let body = read_body(&req, &mut payload, MAX_WEBHOOK_BYTES).await?;
-        if !(hook.authentic)(secret.expose_secret(), &body, &req) {
-            return Err(ApiError::BadSignature(hook.authenticity_error.into()));
-        }
-        match (hook.acts_on)(header(&req, hook.event_header).unwrap_or_default()) {
-            Some(false) => {
-                label = "pong";
-                Ok(message(StatusCode::OK, "pong"))
-            }
-            None => {
-                label = "ignored";
-                Ok(message(StatusCode::OK, "ignored"))
-            }
-            Some(true) => {
-                let delivery =
-                    (hook.parse)(&body).map_err(|err| ApiError::BadRequest(err.to_string()))?;
-                label = accept(
-                    state,
-                    hook.provider,
-                    header(&req, hook.delivery_header),
-                    &delivery,
-                )
-                .await?;
-                Ok(outcome_response(label))
-            }
-        }
-    }
-    .await;
-    counted(state, hook.provider, &result, label);
-    result
+    let result = receive(hook, &req, payload, state).await;
+    let label = match &result {
+        Ok(outcome) => outcome.label(),
+        Err(err) => error_label(err),
+    };
+    state
+        .metrics
+        .webhooks_received
+        .with_label_values(&[hook.provider().as_str(), label])
+        .inc();
+    result.map(WebhookOutcome::response)
 }
 
-fn outcome_response(outcome: &str) -> HttpResponse {
-    match outcome {
-        "duplicate" => message(StatusCode::OK, "duplicate"),
-        _ => message(StatusCode::ACCEPTED, "accepted"),
+async fn receive(
+    hook: Hook,
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+) -> Result<WebhookOutcome, ApiError> {
+    let provider = hook.provider();
+    let secret = hook
+        .secret(&state.settings)
+        .filter(|_| state.settings.vcs.enabled)
+        .ok_or_else(|| ApiError::NotFound(format!("{provider} webhooks are not enabled")))?;
+    // GitLab proves itself in a header: nothing is read from a stranger.
+    if let Hook::GitLab = hook {
+        if !verify::gitlab_token_is_valid(secret.expose_secret(), header(req, "x-gitlab-token")) {
+            return Err(ApiError::BadSignature(
+                "missing or invalid X-Gitlab-Token".into(),
+            ));
+        }
     }
+    let body = read_webhook_body(state, req, payload).await?;
+    if let Hook::GitHub = hook {
+        let signature = header(req, "x-hub-signature-256");
+        if !verify::github_signature_is_valid(secret.expose_secret(), &body, signature) {
+            return Err(ApiError::BadSignature(
+                "missing or invalid X-Hub-Signature-256".into(),
+            ));
+        }
+    }
+    match hook.event(req) {
+        Event::Ping => Ok(WebhookOutcome::Pong),
+        Event::Other => Ok(WebhookOutcome::Ignored),
+        Event::Change => {
+            let delivery = hook
+                .parse(&body)
+                .map_err(|err| ApiError::BadRequest(err.to_string()))?;
+            accept(
+                state,
+                provider,
+                header(req, hook.delivery_header()),
+                &delivery,
+            )
+            .await
+        }
+    }
+}
+
+/// Reads the body within [`MAX_WEBHOOK_BYTES`] and [`BODY_TIMEOUT`], holding its size
+/// among the process's webhook bytes in flight (503 when they are all taken).
+async fn read_webhook_body(
+    state: &AppState,
+    req: &HttpRequest,
+    payload: web::Payload,
+) -> Result<web::Bytes, ApiError> {
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > MAX_WEBHOOK_BYTES) {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "the request body is larger than {MAX_WEBHOOK_BYTES} bytes"
+        )));
+    }
+    let reserve = u32::try_from(declared.unwrap_or(MAX_WEBHOOK_BYTES).max(1)).unwrap_or(u32::MAX);
+    let _permit = tokio::time::timeout(BYTES_WAIT, state.webhook_bytes.acquire_many(reserve))
+        .await
+        .map_err(|_| {
+            ApiError::Unavailable(
+                "too many webhook deliveries are being read; retry shortly".into(),
+            )
+        })?
+        .expect("the semaphore is never closed");
+    let mut payload = payload.into_inner();
+    tokio::time::timeout(
+        BODY_TIMEOUT,
+        read_body(req, &mut payload, MAX_WEBHOOK_BYTES),
+    )
+    .await
+    .map_err(|_| {
+        ApiError::RequestTimeout(format!(
+            "the request body did not arrive within {}s",
+            BODY_TIMEOUT.as_secs()
+        ))
+    })?
 }
 
 /// Queues one poll per matching workspace, once per delivery id. No database
@@ -168,19 +270,19 @@ async fn accept(
     provider: Provider,
     delivery_id: Option<&str>,
     delivery: &Delivery,
-) -> Result<&'static str, ApiError> {
+) -> Result<WebhookOutcome, ApiError> {
     let delivery_id = delivery_id
         .map(str::trim)
         .filter(|id| !id.is_empty() && id.len() <= 200);
     let workspaces = {
         let mut conn = state.pool.get().await?;
         if let Some(id) = delivery_id {
-            if !service::claim_delivery(&mut conn, provider, id).await? {
-                return Ok("duplicate");
+            if !deliveries::claim(&mut conn, provider, id).await? {
+                return Ok(WebhookOutcome::Duplicate);
             }
         }
         if delivery.may_have_new_commit {
-            service::matching_workspaces(&mut conn, provider, delivery).await?
+            payload::matching_workspaces(&mut conn, provider, delivery).await?
         } else {
             Vec::new()
         }
@@ -191,10 +293,10 @@ async fn accept(
         if let Some(id) = delivery_id {
             // Let a redelivery try again.
             let mut conn = state.pool.get().await?;
-            let _ = service::release_delivery(&mut conn, provider, id).await;
+            let _ = deliveries::release(&mut conn, provider, id).await;
         }
         return Err(err);
     }
-    tracing::info!(%provider, repository = %delivery.repository, workspaces = workspaces.len(), "webhook accepted");
-    Ok("accepted")
+    tracing::info!(%provider, repository = %delivery.repository, workspaces = workspaces.len(), delivery.id = delivery_id, "webhook accepted");
+    Ok(WebhookOutcome::Accepted)
 }

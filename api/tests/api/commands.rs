@@ -203,7 +203,9 @@ async fn the_bootstrap_token_is_an_admin_token_once_the_api_starts() {
         "TERRAPOD_DATABASE__URL" => Some(app.db.url().to_owned()),
         "TERRAPOD_API__LISTEN" => Some("127.0.0.1:0".to_owned()),
         "TERRAPOD_ENCRYPTION__KEY" => app.encryption_key.clone(),
-        "TERRAPOD_AUTH__BOOTSTRAP_TOKEN" => Some("bootstrap-for-ci".to_owned()),
+        "TERRAPOD_AUTH__BOOTSTRAP_TOKEN" => {
+            Some("bootstrap-for-ci-0123456789abcdef0123".to_owned())
+        }
         _ => None,
     })
     .unwrap();
@@ -213,7 +215,7 @@ async fn the_bootstrap_token_is_an_admin_token_once_the_api_starts() {
     let response = app
         .client
         .post(format!("{address}/api/v2/organizations/default/vcs-connections"))
-        .bearer_auth("bootstrap-for-ci")
+        .bearer_auth("bootstrap-for-ci-0123456789abcdef0123")
         .json(&serde_json::json!({"data": {"type": "vcs-connections", "attributes": {"name": "gl", "provider": "gitlab", "token": "t"}}}))
         .send()
         .await

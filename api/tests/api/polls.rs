@@ -70,12 +70,8 @@ async fn poll_under_way(
         .await;
     let workspace = workspace_id(&response.json::<Value>().await.unwrap()["data"]);
     sim.inject_fault(Fault {
-        method: None,
-        path_contains: Some("/tarball/".into()),
-        status: None,
-        retry_after: None,
         latency_ms: Some(1_500),
-        count: 1,
+        ..Fault::matching("/tarball/")
     });
     let ctx = app.poller_context(&app.vhost.url(), "3600");
     let in_flight = {

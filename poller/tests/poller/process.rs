@@ -92,12 +92,9 @@ fn free_port() -> u16 {
 
 fn latency(path: &str, ms: u64, count: u64) -> Fault {
     Fault {
-        method: None,
-        path_contains: Some(path.into()),
-        status: None,
-        retry_after: None,
         latency_ms: Some(ms),
         count,
+        ..Fault::matching(path)
     }
 }
 

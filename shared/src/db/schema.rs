@@ -14,6 +14,10 @@ diesel::table! {
         role -> Text,
         description -> Text,
         created_at -> Timestamptz,
+        public_id -> Text,
+        revoked_at -> Nullable<Timestamptz>,
+        last_used_at -> Nullable<Timestamptz>,
+        bootstrap -> Bool,
     }
 }
 

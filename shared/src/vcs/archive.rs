@@ -7,6 +7,8 @@
 //! stops at `max_unpacked_bytes`, and the output is streamed to another temporary file
 //! (hashed on the way), so a 100 MB repository or a gzip bomb costs a few buffers.
 
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom};
 use std::path::{Component, Path, PathBuf};
 
@@ -182,42 +184,124 @@ fn tree_path(raw: &Path, wrapper: &mut Option<PathBuf>) -> Result<Option<PathBuf
     Ok(Some(rest.iter().collect()))
 }
 
-/// True when a symlink at `link` pointing to `target` stays inside the tree.
-fn symlink_stays_inside(link: &Path, target: &Path) -> bool {
+/// Symlinks followed at most while resolving one path (Linux's limit too): a loop or
+/// a longer chain counts as leaving the tree.
+const MAX_SYMLINK_HOPS: usize = 40;
+
+/// Where the symlink at `link` points, resolved as a filesystem would: from its
+/// directory, component by component, each component that is itself one of the
+/// archive's `symlinks` replaced by where that one points before the next `..` is
+/// applied. `None` when the path leaves the tree (or loops).
+fn resolve_symlink(link: &Path, symlinks: &HashMap<PathBuf, PathBuf>) -> Option<Vec<OsString>> {
+    let mut hops = 0;
+    let start: Vec<OsString> = link
+        .parent()
+        .map(|parent| parent.iter().map(OsStr::to_owned).collect())
+        .unwrap_or_default();
+    resolve(start, symlinks.get(link)?, symlinks, &mut hops)
+}
+
+/// `target` followed from the directory `from` (both inside the tree).
+fn resolve(
+    mut from: Vec<OsString>,
+    target: &Path,
+    symlinks: &HashMap<PathBuf, PathBuf>,
+    hops: &mut usize,
+) -> Option<Vec<OsString>> {
     if target.as_os_str().is_empty() {
-        return false;
+        return None;
     }
-    let mut depth: usize = link.components().count().saturating_sub(1);
     for component in target.components() {
         match component {
-            Component::Normal(_) => depth += 1,
+            Component::Normal(part) => {
+                from.push(part.to_owned());
+                let here: PathBuf = from.iter().collect();
+                if let Some(next) = symlinks.get(&here) {
+                    *hops += 1;
+                    if *hops > MAX_SYMLINK_HOPS {
+                        return None;
+                    }
+                    from.pop();
+                    from = resolve(from, next, symlinks, hops)?;
+                }
+            }
             Component::CurDir => {}
-            Component::ParentDir => match depth.checked_sub(1) {
-                Some(up) => depth = up,
-                None => return false,
-            },
-            Component::RootDir | Component::Prefix(_) => return false,
+            Component::ParentDir => {
+                from.pop()?;
+            }
+            Component::RootDir | Component::Prefix(_) => return None,
         }
     }
-    true
+    Some(from)
+}
+
+/// One entry of the provider's archive, as the planning pass saw it.
+struct Listed {
+    /// Inside the tree (`None`: the wrapper, or a header without a path of its own).
+    path: Option<PathBuf>,
+    kind: EntryType,
+}
+
+/// Which entries to keep, decided from the whole archive before anything is written:
+/// the last entry of a path wins (as `tar -x` would leave it); an entry whose parent
+/// path runs through a symlink is dropped; a symlink is kept only if it resolves
+/// inside the tree following the archive's other symlinks; hard links, devices and
+/// FIFOs are dropped.
+fn plan(entries: &[Listed], symlinks: &HashMap<PathBuf, PathBuf>) -> Vec<bool> {
+    let mut last: HashMap<&Path, usize> = HashMap::new();
+    for (index, entry) in entries.iter().enumerate() {
+        if let Some(path) = &entry.path {
+            last.insert(path, index);
+        }
+    }
+    entries
+        .iter()
+        .enumerate()
+        .map(|(index, entry)| {
+            let Some(path) = &entry.path else {
+                return false;
+            };
+            let through_symlink = path
+                .ancestors()
+                .skip(1)
+                .any(|ancestor| symlinks.contains_key(ancestor));
+            if last.get(path.as_path()) != Some(&index) || through_symlink {
+                return false;
+            }
+            match entry.kind {
+                EntryType::Regular | EntryType::Continuous | EntryType::Directory => true,
+                EntryType::Symlink => resolve_symlink(path, symlinks).is_some(),
+                _ => false,
+            }
+        })
+        .collect()
 }
 
 /// Repacks the provider's gzip tarball in `compressed` into a new temporary file.
 /// CPU-bound: call it from a blocking thread.
 pub fn repack_file(
-    mut compressed: std::fs::File,
+    compressed: std::fs::File,
     limits: ArchiveLimits,
 ) -> Result<Repacked, ArchiveError> {
     let unreadable =
         |err: io::Error| ArchiveError::Corrupt(format!("cannot read the download: {err}"));
     let length = compressed.metadata().map_err(unreadable)?.len();
-    compressed.seek(SeekFrom::Start(0)).map_err(unreadable)?;
     repack(BufReader::new(compressed), length, limits)
 }
 
-/// Repacks a gzip tarball read from `compressed` (`length` bytes).
-pub fn repack(
-    compressed: impl Read,
+/// The entries of a gzip tarball, decompressed within the unpacked limit.
+fn entries_of<R: Read>(compressed: R, limit: u64) -> Archive<LimitedReader<GzDecoder<R>>> {
+    Archive::new(LimitedReader {
+        inner: GzDecoder::new(compressed),
+        read: 0,
+        limit,
+    })
+}
+
+/// Repacks a gzip tarball read from `compressed` (`length` bytes). Two passes: one
+/// to list the entries and decide what to keep ([`plan`]), one to write them.
+pub fn repack<R: Read + Seek>(
+    mut compressed: R,
     length: u64,
     limits: ArchiveLimits,
 ) -> Result<Repacked, ArchiveError> {
@@ -227,32 +311,70 @@ pub fn repack(
         });
     }
     let limit = limits.max_unpacked_bytes;
-    let reader = LimitedReader {
-        inner: GzDecoder::new(compressed),
-        read: 0,
-        limit,
-    };
+    // The download was just written through this handle: read it from its start.
+    compressed
+        .seek(SeekFrom::Start(0))
+        .map_err(|err| ArchiveError::Corrupt(format!("cannot read the download: {err}")))?;
+
+    // 1. List: paths (refusing unsafe ones), kinds and symlink targets.
+    let mut wrapper = None;
+    let mut listed = Vec::new();
+    let mut symlinks = HashMap::new();
+    {
+        let mut archive = entries_of(&mut compressed, limit);
+        for entry in archive.entries().map_err(|err| io_error(err, limit))? {
+            let entry = entry.map_err(|err| io_error(err, limit))?;
+            let kind = entry.header().entry_type();
+            let path = if matches!(kind, EntryType::XGlobalHeader | EntryType::XHeader) {
+                None
+            } else {
+                let raw = entry
+                    .path()
+                    .map_err(|err| io_error(err, limit))?
+                    .into_owned();
+                tree_path(&raw, &mut wrapper)?
+            };
+            if let (Some(path), EntryType::Symlink) = (&path, kind) {
+                let target = entry
+                    .link_name()
+                    .map_err(|err| io_error(err, limit))?
+                    .map(|target| target.into_owned())
+                    .unwrap_or_default();
+                symlinks.insert(path.clone(), target);
+            }
+            listed.push(Listed { path, kind });
+        }
+    }
+    let keep = plan(&listed, &symlinks);
+    let dropped: Vec<String> = listed
+        .iter()
+        .zip(&keep)
+        .filter(|(entry, keep)| !**keep && entry.path.is_some())
+        .filter_map(|(entry, _)| entry.path.as_ref().map(|p| p.display().to_string()))
+        .collect();
+
+    // 2. Write what is kept, in the archive's order.
+    compressed
+        .seek(SeekFrom::Start(0))
+        .map_err(|err| ArchiveError::Corrupt(format!("cannot read the download again: {err}")))?;
     let output = tempfile::tempfile()
         .map_err(|err| ArchiveError::Corrupt(format!("cannot create a temporary file: {err}")))?;
     let hashed = HashingWriter::new(BufWriter::new(output));
-    let mut archive = Archive::new(reader);
     let mut builder = Builder::new(GzEncoder::new(hashed, Compression::default()));
     builder.mode(tar::HeaderMode::Deterministic);
-    let mut wrapper = None;
     let mut files = 0;
-    let mut dropped = Vec::new();
+    let mut archive = entries_of(&mut compressed, limit);
     let entries = archive.entries().map_err(|err| io_error(err, limit))?;
-    for entry in entries {
+    for (index, entry) in entries.enumerate() {
         let mut entry = entry.map_err(|err| io_error(err, limit))?;
-        let kind = entry.header().entry_type();
-        if matches!(kind, EntryType::XGlobalHeader | EntryType::XHeader) {
-            continue;
-        }
-        let raw_path = entry
-            .path()
-            .map_err(|err| io_error(err, limit))?
-            .into_owned();
-        let Some(path) = tree_path(&raw_path, &mut wrapper)? else {
+        let (
+            Some(true),
+            Some(Listed {
+                path: Some(path),
+                kind,
+            }),
+        ) = (keep.get(index).copied(), listed.get(index))
+        else {
             continue;
         };
         let mut header = Header::new_gnu();
@@ -264,7 +386,7 @@ pub fn repack(
                 header.set_mode(if executable { 0o755 } else { 0o644 });
                 header.set_size(entry.size());
                 builder
-                    .append_data(&mut header, &path, &mut entry)
+                    .append_data(&mut header, path, &mut entry)
                     .map_err(|err| io_error(err, limit))?;
                 files += 1;
             }
@@ -273,27 +395,17 @@ pub fn repack(
                 header.set_mode(0o755);
                 header.set_size(0);
                 builder
-                    .append_data(&mut header, &path, io::empty())
+                    .append_data(&mut header, path, io::empty())
                     .map_err(|err| io_error(err, limit))?;
             }
-            EntryType::Symlink => {
-                let target = entry
-                    .link_name()
-                    .map_err(|err| io_error(err, limit))?
-                    .map(|target| target.into_owned())
-                    .unwrap_or_default();
-                if symlink_stays_inside(&path, &target) {
-                    header.set_entry_type(EntryType::Symlink);
-                    header.set_mode(0o777);
-                    header.set_size(0);
-                    builder
-                        .append_link(&mut header, &path, &target)
-                        .map_err(|err| io_error(err, limit))?;
-                } else {
-                    dropped.push(path.display().to_string());
-                }
+            _ => {
+                header.set_entry_type(EntryType::Symlink);
+                header.set_mode(0o777);
+                header.set_size(0);
+                builder
+                    .append_link(&mut header, path, &symlinks[path])
+                    .map_err(|err| io_error(err, limit))?;
             }
-            _ => dropped.push(path.display().to_string()),
         }
     }
     let encoder = builder.into_inner().map_err(|err| io_error(err, limit))?;
@@ -315,7 +427,7 @@ mod tests {
     use std::io::Write;
 
     fn repack_bytes(input: &[u8], limits: ArchiveLimits) -> Result<Repacked, ArchiveError> {
-        repack(input, input.len() as u64, limits)
+        repack(std::io::Cursor::new(input), input.len() as u64, limits)
     }
 
     const LIMITS: ArchiveLimits = ArchiveLimits {
@@ -449,6 +561,48 @@ mod tests {
         assert_eq!(names, vec!["main.tf", "fine"]);
     }
 
+    fn kept_and_dropped(items: &[Item]) -> (Vec<String>, Vec<String>) {
+        let repacked = repack_bytes(&tarball(items), LIMITS).unwrap();
+        let kept = listing(&repacked.snapshot.read_all().unwrap())
+            .into_iter()
+            .map(|e| e.0)
+            .collect();
+        let mut dropped = repacked.dropped;
+        dropped.sort();
+        (kept, dropped)
+    }
+
+    #[test]
+    fn symlinks_are_judged_as_a_filesystem_resolves_them_through_other_symlinks() {
+        // The example: each link reads as in-tree, but `esc3` resolves through
+        // `up3` (the root) and then two levels above it.
+        let (kept, dropped) = kept_and_dropped(&[
+            Item::Dir("w/deep/b/c/"),
+            Item::Symlink("w/deep/b/c/up3", "../../.."),
+            Item::Symlink("w/esc3", "deep/b/c/up3/../../.."),
+            Item::Symlink("w/a/up", ".."),
+            Item::Symlink("w/esc", "a/up/../.."),
+            Item::Symlink("w/ok", "a/up/deep"),
+        ]);
+        assert_eq!(dropped, vec!["esc", "esc3"]);
+        assert!(kept.contains(&"deep/b/c/up3".to_owned()) && kept.contains(&"ok".to_owned()));
+    }
+
+    #[test]
+    fn entries_through_a_symlink_and_symlink_loops_are_dropped() {
+        let (kept, dropped) = kept_and_dropped(&[
+            Item::Dir("w/real/"),
+            Item::Symlink("w/link", "real"),
+            Item::File("w/link/evil.tf", b"written through the link"),
+            Item::Symlink("w/x", "y"),
+            Item::Symlink("w/y", "x"),
+            Item::File("w/main.tf", b"first"),
+            Item::File("w/main.tf", b"second"),
+        ]);
+        assert_eq!(dropped, vec!["link/evil.tf", "main.tf", "x", "y"]);
+        assert_eq!(kept, vec!["real", "link", "main.tf"]);
+    }
+
     #[test]
     fn entries_outside_the_wrapper_are_refused() {
         let input = tarball(&[Item::File("w/a.tf", b"a"), Item::File("other/b.tf", b"b")]);
@@ -531,8 +685,12 @@ mod tests {
                         let path = Path::new(&name);
                         prop_assert!(path.components().all(|c| matches!(c, Component::Normal(_))), "{}", name);
                         prop_assert!(kind != EntryType::Link);
-                        if let Some(link) = link {
-                            prop_assert!(symlink_stays_inside(path, Path::new(&link)), "{} -> {}", name, link);
+                        if link.is_some() {
+                            let symlinks: HashMap<PathBuf, PathBuf> = listing(&repacked.snapshot.read_all().unwrap())
+                                .into_iter()
+                                .filter_map(|(n, _, l)| Some((PathBuf::from(n), PathBuf::from(l?))))
+                                .collect();
+                            prop_assert!(resolve_symlink(path, &symlinks).is_some(), "{} -> {:?}", name, link);
                         }
                     }
                 }

@@ -9,14 +9,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use reqwest::header::{HeaderMap, ACCEPT, LINK};
-use reqwest::RequestBuilder;
+use reqwest::header::{HeaderMap, LINK};
+use reqwest::Method;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::budget::{BudgetKey, Priority};
-use super::http::{status_error, Endpoint, JsonResponse};
+use super::http::{status_error, Credential, Endpoint, JsonResponse, ProviderRequest};
 use super::{
     archive_download, encode_ref_path, first_line, origin_of, parse_body, parse_sha,
     repack_blocking, sha256_hex, ArchiveLimits, BranchHead, PullRequest, Repacked, RepoUrl,
@@ -25,8 +25,11 @@ use super::{
 use crate::domain::{CommitSha, Provider};
 
 const PROVIDER: Provider = Provider::GitHub;
-const API_VERSION: &str = "2022-11-28";
-const MEDIA_TYPE: &str = "application/vnd.github+json";
+/// What every request to GitHub carries.
+const HEADERS: &[(&str, &str)] = &[
+    ("Accept", "application/vnd.github+json"),
+    ("X-GitHub-Api-Version", "2022-11-28"),
+];
 /// Installation tokens live an hour; reuse one for at most this long.
 const TOKEN_REUSE: Duration = Duration::from_secs(50 * 60);
 /// Never follow more pages than this (100 per page).
@@ -176,6 +179,7 @@ impl GitHubClient {
                 VcsError::Credentials("the GitHub App private key is not an RSA PEM key".into())
             })?;
         let server = server_url.trim_end_matches('/').to_owned();
+        let origin = origin_of(&server);
         Ok(GitHubClient {
             shared,
             token_key: TokenKey {
@@ -187,9 +191,10 @@ impl GitHubClient {
             endpoint: Endpoint {
                 provider: PROVIDER,
                 budget: Some(BudgetKey::github_installation(
-                    &origin_of(&server),
+                    &origin.ascii_serialization(),
                     installation_id,
                 )),
+                origin,
                 priority,
             },
             server,
@@ -209,13 +214,6 @@ impl GitHubClient {
         .map_err(|_| VcsError::Credentials("the GitHub App private key cannot sign a JWT".into()))
     }
 
-    fn with_headers(&self, request: RequestBuilder, token: &str) -> RequestBuilder {
-        request
-            .bearer_auth(token)
-            .header(ACCEPT, MEDIA_TYPE)
-            .header("X-GitHub-Api-Version", API_VERSION)
-    }
-
     async fn mint_token(&self) -> Result<SecretString, VcsError> {
         let jwt = self.app_jwt()?;
         let url = format!(
@@ -223,11 +221,15 @@ impl GitHubClient {
             self.server, self.installation_id
         );
         let http = &self.shared.http;
-        let response = http
-            .send(&self.endpoint, || {
-                self.with_headers(http.client().post(&url), &jwt)
-            })
-            .await?;
+        let request = ProviderRequest {
+            method: Method::POST,
+            url: &url,
+            credential: Some(Credential::Bearer(&jwt)),
+            headers: HEADERS,
+            timeout: None,
+            json: None,
+        };
+        let response = http.send(&self.endpoint, &request).await?;
         if !response.status().is_success() {
             return Err(status_error(PROVIDER, response, None).await);
         }
@@ -276,11 +278,9 @@ impl GitHubClient {
         let mut retried = false;
         loop {
             let token = self.installation_token().await?;
-            let result = http
-                .get_json(&self.endpoint, url, || {
-                    self.with_headers(http.client().get(url), token.expose_secret())
-                })
-                .await;
+            let request =
+                ProviderRequest::get(url, Credential::Bearer(token.expose_secret()), HEADERS);
+            let result = http.get_json(&self.endpoint, &request).await;
             match result {
                 Err(VcsError::Unauthorized { .. }) if !retried => {
                     self.drop_token(&token).await;
@@ -299,6 +299,19 @@ impl GitHubClient {
 
     fn repo_url(&self, repo: &RepoUrl) -> String {
         format!("{}/repos/{}", self.server, repo.full_path())
+    }
+
+    /// A pagination link, if it stays on the connection's origin: the installation
+    /// token goes nowhere else, and a page from elsewhere is not GitHub's answer.
+    fn next_page(&self, next: String) -> Result<String, VcsError> {
+        if self.endpoint.owns(&next) {
+            Ok(next)
+        } else {
+            Err(VcsError::InvalidResponse {
+                provider: PROVIDER,
+                detail: "a pagination link to another origin was refused".into(),
+            })
+        }
     }
 }
 
@@ -387,7 +400,7 @@ impl VcsProvider for GitHubClient {
                 });
             }
             match next_link(&response.headers) {
-                Some(next) => url = next,
+                Some(next) => url = self.next_page(next)?,
                 None => return Ok(pulls),
             }
         }
@@ -408,13 +421,12 @@ impl VcsProvider for GitHubClient {
         let mut retried = false;
         let compressed = loop {
             let token = self.installation_token().await?;
-            // The API redirects to a download host; reqwest drops the token there.
-            let response = http
-                .send(&self.endpoint, || {
-                    self.with_headers(http.client().get(&url), token.expose_secret())
-                        .timeout(Duration::from_secs(300))
-                })
-                .await?;
+            // The API redirects to a download host, which gets no credential of ours.
+            let request = ProviderRequest {
+                timeout: Some(Duration::from_secs(300)),
+                ..ProviderRequest::get(&url, Credential::Bearer(token.expose_secret()), HEADERS)
+            };
+            let response = http.send(&self.endpoint, &request).await?;
             if response.status().as_u16() == 401 && !retried {
                 self.drop_token(&token).await;
                 retried = true;

@@ -4,12 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::RequestBuilder;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::budget::{BudgetKey, Priority};
-use super::http::{Endpoint, JsonResponse};
+use super::http::{Credential, Endpoint, JsonResponse, ProviderRequest};
 use super::{
     archive_download, encode, first_line, origin_of, parse_body, parse_sha, repack_blocking,
     sha256_hex, ArchiveLimits, BranchHead, PullRequest, Repacked, RepoUrl, VcsError, VcsProvider,
@@ -67,6 +66,7 @@ impl GitLabClient {
     ) -> Self {
         // The budget is named by a digest prefix: the token itself never leaves here.
         let digest = sha256_hex(token.expose_secret());
+        let origin = origin_of(server_url);
         GitLabClient {
             shared,
             api: format!("{}/api/v4", server_url.trim_end_matches('/')),
@@ -74,16 +74,21 @@ impl GitLabClient {
             endpoint: Endpoint {
                 provider: PROVIDER,
                 budget: Some(BudgetKey::gitlab_token(
-                    &origin_of(server_url),
+                    &origin.ascii_serialization(),
                     &digest[..16],
                 )),
+                origin,
                 priority,
             },
         }
     }
 
-    fn with_headers(&self, request: RequestBuilder) -> RequestBuilder {
-        request.header("PRIVATE-TOKEN", self.token.expose_secret())
+    fn request<'a>(&'a self, url: &'a str) -> ProviderRequest<'a> {
+        ProviderRequest::get(
+            url,
+            Credential::PrivateToken(self.token.expose_secret()),
+            &[],
+        )
     }
 
     fn project_url(&self, repo: &RepoUrl) -> String {
@@ -92,12 +97,7 @@ impl GitLabClient {
 
     async fn get(&self, url: &str, what: &str) -> Result<JsonResponse, VcsError> {
         let http = &self.shared.http;
-        match http
-            .get_json(&self.endpoint, url, || {
-                self.with_headers(http.client().get(url))
-            })
-            .await
-        {
+        match http.get_json(&self.endpoint, &self.request(url)).await {
             Err(VcsError::Status { status: 404, .. }) => Err(VcsError::NotFound {
                 provider: PROVIDER,
                 what: what.to_owned(),
@@ -200,12 +200,11 @@ impl VcsProvider for GitLabClient {
             self.project_url(repo)
         );
         let http = &self.shared.http;
-        let response = http
-            .send(&self.endpoint, || {
-                self.with_headers(http.client().get(&url))
-                    .timeout(Duration::from_secs(300))
-            })
-            .await?;
+        let request = ProviderRequest {
+            timeout: Some(Duration::from_secs(300)),
+            ..self.request(&url)
+        };
+        let response = http.send(&self.endpoint, &request).await?;
         let compressed = archive_download(PROVIDER, response, repo, sha, limits).await?;
         repack_blocking(compressed, limits).await
     }

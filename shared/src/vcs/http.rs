@@ -1,17 +1,26 @@
 //! The one HTTP client of a process, shared by every provider call: timeouts on every
 //! request, the shared request budget (pacing per installation or token), bounded
-//! retries that honour `Retry-After` and rate-limit resets, and an ETag cache so
+//! retries that honour `Retry-After` and rate-limit resets, an ETag cache so
 //! unchanged resources are answered with 304 (which GitHub does not count against the
-//! primary rate limit).
+//! primary rate limit), and bodies read within a size limit.
+//!
+//! **Credentials stay with their server.** A request names its credential apart from
+//! its URL; it is attached only while the URL is on the connection's own origin
+//! (scheme, host and port of its `server-url`). Redirects are followed here, hop by
+//! hop: to the same origin with the credential, to any other (another host, another
+//! port, `http://` instead of `https://`) without it — which is how GitHub's archive
+//! downloads reach its download host.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use backon::{ExponentialBuilder, Retryable};
-use reqwest::header::{HeaderMap, ETAG, IF_NONE_MATCH, RETRY_AFTER};
-use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use futures_util::StreamExt;
+use reqwest::header::{HeaderMap, ETAG, IF_NONE_MATCH, LOCATION, RETRY_AFTER};
+use reqwest::{Method, Response, StatusCode};
 use tokio::time::Instant;
 use tracing::Instrument;
+use url::{Origin, Url};
 
 use crate::domain::Provider;
 use crate::vcs::budget::{BudgetError, BudgetKey, Priority, RequestBudget};
@@ -43,13 +52,68 @@ impl Default for RetryPolicy {
 /// Called once per provider response with (provider, HTTP status), for metrics.
 pub type ResponseObserver = Arc<dyn Fn(Provider, u16) + Send + Sync>;
 
-/// Who a request is for: the provider, and whose budget it spends at what priority.
+/// Who a request is for: the provider and its origin (the only place credentials go),
+/// and whose budget it spends at what priority.
 #[derive(Clone, Debug)]
 pub struct Endpoint {
     pub provider: Provider,
+    pub origin: Origin,
     pub budget: Option<BudgetKey>,
     pub priority: Priority,
 }
+
+impl Endpoint {
+    /// True when `url` is on this endpoint's origin.
+    pub fn owns(&self, url: &str) -> bool {
+        Url::parse(url).is_ok_and(|url| url.origin() == self.origin)
+    }
+}
+
+/// How a request proves who we are; sent only to the endpoint's own origin.
+#[derive(Clone, Copy)]
+pub enum Credential<'a> {
+    /// `Authorization: Bearer …` (GitHub tokens and App JWTs).
+    Bearer(&'a str),
+    /// `PRIVATE-TOKEN: …` (GitLab).
+    PrivateToken(&'a str),
+}
+
+/// One provider request, rebuilt for every attempt and every redirect hop.
+pub struct ProviderRequest<'a> {
+    pub method: Method,
+    pub url: &'a str,
+    pub credential: Option<Credential<'a>>,
+    /// Headers every request of the provider carries (`Accept`, API version).
+    pub headers: &'a [(&'static str, &'static str)],
+    /// Longer than the client's default for archive downloads.
+    pub timeout: Option<Duration>,
+    /// A JSON body (check runs, commit statuses).
+    pub json: Option<&'a serde_json::Value>,
+}
+
+impl<'a> ProviderRequest<'a> {
+    pub fn get(
+        url: &'a str,
+        credential: Credential<'a>,
+        headers: &'a [(&'static str, &'static str)],
+    ) -> Self {
+        ProviderRequest {
+            method: Method::GET,
+            url,
+            credential: Some(credential),
+            headers,
+            timeout: None,
+            json: None,
+        }
+    }
+}
+
+/// Redirect hops followed at most.
+const MAX_REDIRECTS: usize = 10;
+/// The largest JSON answer read (a page of 100 pull requests is a few MB).
+pub const MAX_JSON_BYTES: usize = 32 << 20;
+/// The most of an error answer read (for its message).
+const MAX_ERROR_BYTES: usize = 64 << 10;
 
 struct CachedBody {
     etag: String,
@@ -107,6 +171,8 @@ impl VcsHttp {
     ) -> Self {
         let client = reqwest::Client::builder()
             .user_agent(concat!("terrapod-vcs/", env!("CARGO_PKG_VERSION")))
+            // Redirects are followed by `execute`, which knows where credentials may go.
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(5))
             .timeout(request_timeout)
             .pool_idle_timeout(Duration::from_secs(90))
@@ -143,21 +209,20 @@ impl VcsHttp {
         &self.client
     }
 
-    /// Sends the request built by `build` (rebuilt for each attempt), retrying
-    /// transient failures. Returns the first non-retryable response as is; the caller
-    /// maps its status.
+    /// Sends `request`, retrying transient failures. Returns the first non-retryable
+    /// response as is; the caller maps its status.
     pub async fn send(
         &self,
         endpoint: &Endpoint,
-        build: impl Fn() -> RequestBuilder,
+        request: &ProviderRequest<'_>,
     ) -> Result<Response, VcsError> {
-        self.send_with(endpoint, &build, None).await
+        self.send_with(endpoint, request, None).await
     }
 
     async fn send_with(
         &self,
         endpoint: &Endpoint,
-        build: &impl Fn() -> RequestBuilder,
+        request: &ProviderRequest<'_>,
         etag: Option<&str>,
     ) -> Result<Response, VcsError> {
         let deadline = Instant::now() + self.retry.total_budget;
@@ -166,7 +231,7 @@ impl VcsHttp {
             .with_min_delay(retry.base_backoff)
             .with_max_delay(retry.max_wait)
             .with_max_times(retry.max_attempts.saturating_sub(1) as usize);
-        let result = (|| self.attempt(endpoint, build, etag))
+        let result = (|| self.attempt(endpoint, request, etag))
             .retry(backoff)
             .when(|failed: &Failed| failed.retryable)
             .adjust(|failed, next| {
@@ -198,30 +263,96 @@ impl VcsHttp {
         }
     }
 
-    /// One request: budget first, then the request itself.
+    /// Builds one hop of `request` to `url`: the credential (and the ETag) only on the
+    /// endpoint's own origin.
+    fn build(
+        &self,
+        endpoint: &Endpoint,
+        request: &ProviderRequest<'_>,
+        url: &Url,
+        etag: Option<&str>,
+    ) -> Result<reqwest::Request, VcsError> {
+        let mut builder = self.client.request(request.method.clone(), url.clone());
+        for (name, value) in request.headers {
+            builder = builder.header(*name, *value);
+        }
+        if let Some(timeout) = request.timeout {
+            builder = builder.timeout(timeout);
+        }
+        if let Some(json) = request.json {
+            builder = builder.json(json);
+        }
+        if url.origin() == endpoint.origin {
+            builder = match request.credential {
+                Some(Credential::Bearer(token)) => builder.bearer_auth(token),
+                Some(Credential::PrivateToken(token)) => builder.header("PRIVATE-TOKEN", token),
+                None => builder,
+            };
+            if let Some(etag) = etag {
+                builder = builder.header(IF_NONE_MATCH, etag);
+            }
+        }
+        builder.build().map_err(|err| VcsError::Transport {
+            provider: endpoint.provider,
+            detail: err.without_url().to_string(),
+        })
+    }
+
+    /// Sends one attempt of `request`, following redirects hop by hop (GET and HEAD
+    /// only; credentials only on the endpoint's origin).
+    async fn execute(
+        &self,
+        endpoint: &Endpoint,
+        request: &ProviderRequest<'_>,
+        etag: Option<&str>,
+    ) -> Result<Result<Response, reqwest::Error>, VcsError> {
+        let provider = endpoint.provider;
+        let invalid = |detail: String| VcsError::InvalidResponse { provider, detail };
+        let mut url = Url::parse(request.url).map_err(|err| invalid(format!("bad URL: {err}")))?;
+        for _ in 0..=MAX_REDIRECTS {
+            let hop = self.build(endpoint, request, &url, etag)?;
+            let response = match self.client.execute(hop).await {
+                Ok(response) => response,
+                Err(err) => return Ok(Err(err)),
+            };
+            let redirect = matches!(response.status().as_u16(), 301 | 302 | 303 | 307 | 308)
+                && matches!(request.method, Method::GET | Method::HEAD);
+            let location = response
+                .headers()
+                .get(LOCATION)
+                .and_then(|value| value.to_str().ok());
+            match (redirect, location) {
+                (true, Some(location)) => {
+                    url = url
+                        .join(location)
+                        .map_err(|err| invalid(format!("bad redirect: {err}")))?;
+                    if !matches!(url.scheme(), "http" | "https") {
+                        return Err(invalid("a redirect to a scheme other than http(s)".into()));
+                    }
+                }
+                _ => return Ok(Ok(response)),
+            }
+        }
+        Err(invalid(format!("more than {MAX_REDIRECTS} redirects")))
+    }
+
+    /// One attempt: budget first, then the request itself.
     async fn attempt(
         &self,
         endpoint: &Endpoint,
-        build: &impl Fn() -> RequestBuilder,
+        request: &ProviderRequest<'_>,
         etag: Option<&str>,
     ) -> Result<Response, Failed> {
         let provider = endpoint.provider;
-        let mut builder = build();
-        if let Some(etag) = etag {
-            builder = builder.header(IF_NONE_MATCH, etag);
-        }
-        let request = builder.build().map_err(|err| {
-            Failed::fatal(VcsError::Transport {
-                provider,
-                detail: err.without_url().to_string(),
-            })
-        })?;
-        let span = tracing::debug_span!("provider_request", %provider, method = %request.method(), path = request.url().path());
+        let path = Url::parse(request.url)
+            .map(|url| url.path().to_owned())
+            .unwrap_or_default();
+        let span =
+            tracing::debug_span!("provider_request", %provider, method = %request.method, path);
         let lease = match (&self.budget, &endpoint.budget) {
             (Some(budget), Some(key)) => {
-                let hold =
-                    request.timeout().copied().unwrap_or(REQUEST_TIMEOUT) + Duration::from_secs(5);
-                let cost = request_cost(provider, request.method());
+                let hold = request.timeout.unwrap_or(REQUEST_TIMEOUT) + Duration::from_secs(5);
+                let cost = request_cost(provider, &request.method);
                 let lease = budget
                     .acquire(key, endpoint.priority, cost, hold)
                     .instrument(span.clone())
@@ -236,7 +367,11 @@ impl VcsHttp {
             }
             _ => None,
         };
-        let result = self.client.execute(request).instrument(span).await;
+        let result = self
+            .execute(endpoint, request, etag)
+            .instrument(span)
+            .await
+            .map_err(Failed::fatal)?;
         if let Some(lease) = lease {
             lease.release();
         }
@@ -272,23 +407,22 @@ impl VcsHttp {
         }
     }
 
-    /// A GET of a JSON resource, conditional on the cached ETag for `cache_key`.
+    /// A GET of a JSON resource, conditional on the cached ETag of its URL.
     pub async fn get_json(
         &self,
         endpoint: &Endpoint,
-        cache_key: &str,
-        build: impl Fn() -> RequestBuilder,
+        request: &ProviderRequest<'_>,
     ) -> Result<JsonResponse, VcsError> {
         let provider = endpoint.provider;
         // Per budget (installation or token) too: another connection's answer is not ours.
         let cache_key = match &endpoint.budget {
-            Some(budget) => format!("{} {cache_key}", budget.as_str()),
-            None => format!("{provider} {cache_key}"),
+            Some(budget) => format!("{} {}", budget.as_str(), request.url),
+            None => format!("{provider} {}", request.url),
         };
         let cache_key = cache_key.as_str();
         let cached = self.etags.get(cache_key);
         let mut response = self
-            .send_with(endpoint, &build, cached.as_ref().map(|c| c.etag.as_str()))
+            .send_with(endpoint, request, cached.as_ref().map(|c| c.etag.as_str()))
             .await?;
         if response.status() == StatusCode::NOT_MODIFIED {
             match &cached {
@@ -300,17 +434,14 @@ impl VcsHttp {
                     })
                 }
                 // We sent no ETag, yet the provider says "not modified": ask plainly.
-                None => response = self.send_with(endpoint, &build, None).await?,
+                None => response = self.send_with(endpoint, request, None).await?,
             }
         }
         if !response.status().is_success() {
             return Err(status_error(provider, response, None).await);
         }
         let headers = response.headers().clone();
-        let body = response.bytes().await.map_err(|err| VcsError::Transport {
-            provider,
-            detail: err.without_url().to_string(),
-        })?;
+        let body = read_bounded(provider, response, MAX_JSON_BYTES).await?;
         match headers.get(ETAG).and_then(|v| v.to_str().ok()) {
             Some(etag) => self.etags.insert(
                 cache_key.to_owned(),
@@ -326,6 +457,41 @@ impl VcsHttp {
             body,
             not_modified: false,
         })
+    }
+}
+
+/// Reads a body, refusing more than `limit` bytes (a hostile server gets no more of
+/// our memory than that).
+pub async fn read_bounded(
+    provider: Provider,
+    response: Response,
+    limit: usize,
+) -> Result<bytes::Bytes, VcsError> {
+    if response
+        .content_length()
+        .is_some_and(|length| length > limit as u64)
+    {
+        return Err(too_large(provider, limit));
+    }
+    let mut body = bytes::BytesMut::new();
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|err| VcsError::Transport {
+            provider,
+            detail: err.without_url().to_string(),
+        })?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large(provider, limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+fn too_large(provider: Provider, limit: usize) -> VcsError {
+    VcsError::InvalidResponse {
+        provider,
+        detail: format!("an answer larger than {limit} bytes"),
     }
 }
 
@@ -387,7 +553,10 @@ pub async fn status_error(
             retry_after: retry_after.or_else(|| wait_hint(response.headers())),
         };
     }
-    let text = response.text().await.unwrap_or_default();
+    let text = read_bounded(provider, response, MAX_ERROR_BYTES)
+        .await
+        .map(|body| String::from_utf8_lossy(&body).into_owned())
+        .unwrap_or_default();
     let message = serde_json::from_str::<serde_json::Value>(&text)
         .ok()
         .and_then(|body| {

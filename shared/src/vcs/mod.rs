@@ -211,12 +211,13 @@ pub(crate) fn encode_ref_path(value: &str) -> String {
     value.split('/').map(encode).collect::<Vec<_>>().join("/")
 }
 
-/// The scheme, host and port of a server URL (`https://api.github.com`); the URL
-/// itself when it does not parse (the API only stores URLs that do).
-pub(crate) fn origin_of(server_url: &str) -> String {
+/// The scheme, host and port of a server URL (`https://api.github.com`); an opaque
+/// origin (equal to nothing, so no credential goes anywhere) when it does not parse
+/// (the API only stores URLs that do).
+pub(crate) fn origin_of(server_url: &str) -> url::Origin {
     url::Url::parse(server_url)
-        .map(|url| url.origin().ascii_serialization())
-        .unwrap_or_else(|_| server_url.to_owned())
+        .map(|url| url.origin())
+        .unwrap_or_else(|_| url::Origin::new_opaque())
 }
 
 pub(crate) fn sha256_hex(value: &str) -> String {

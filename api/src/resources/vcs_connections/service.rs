@@ -300,6 +300,28 @@ pub async fn update(
         }
     }
     let credential = credential_for(existing.provider, &attrs)?;
+    let new_server_url = match attrs.server_url.as_deref() {
+        Some(raw) if raw.trim().is_empty() => {
+            Some(existing.provider.default_server_url().to_owned())
+        }
+        Some(raw) => Some(parse_server_url(raw)?),
+        None => None,
+    };
+    // A stored credential is never sent to a server it was not given for.
+    if new_server_url
+        .as_ref()
+        .is_some_and(|url| *url != existing.server_url)
+        && credential.is_none()
+        && existing.encrypted_credential.is_some()
+    {
+        return Err(ApiError::Unprocessable(format!(
+            "changing server-url needs the credential again ({}): the stored one is never sent to a server it was not given for",
+            match existing.provider {
+                Provider::GitHub => "private-key",
+                Provider::GitLab => "token",
+            }
+        )));
+    }
     let encrypted_credential = match credential {
         Some(secret) => Some(
             keys.ok_or_else(missing_key)?
@@ -309,13 +331,7 @@ pub async fn update(
     };
     let changes = VcsConnectionChanges {
         name: attrs.name.as_deref().map(parse_name).transpose()?,
-        server_url: match attrs.server_url.as_deref() {
-            Some(raw) if raw.trim().is_empty() => {
-                Some(existing.provider.default_server_url().to_owned())
-            }
-            Some(raw) => Some(parse_server_url(raw)?),
-            None => None,
-        },
+        server_url: new_server_url,
         status: attrs.status.as_deref().map(parse_status).transpose()?,
         github_app_id: attrs.github_app_id.map(|id| Some(id.0)),
         github_installation_id: attrs.github_installation_id.map(|id| Some(id.0)),

@@ -136,6 +136,43 @@ fn check_link(url: &str, connection: Option<&VcsConnection>) -> Result<String, A
     }
 }
 
+/// What a request's VCS link comes to: the connection and URL to store, and the
+/// repository path webhooks find the workspace by.
+struct Link {
+    connection: Option<VcsConnection>,
+    url: String,
+    repo_path: String,
+}
+
+/// The link a create or update request asks for: the request's URL and connection
+/// where it sets them, the workspace's own (`existing`) where it does not.
+async fn resolve_link(
+    conn: &mut AsyncPgConnection,
+    organization: &str,
+    url: Option<&str>,
+    relationship: Option<&RelationshipInput>,
+    existing: Option<&Workspace>,
+) -> Result<Link, ApiError> {
+    let connection = match relationship {
+        Some(relationship) => linked_connection(conn, organization, relationship).await?,
+        None => match existing.and_then(|w| w.vcs_connection_id.as_ref()) {
+            Some(current) => connection_by_id(conn, current).await?,
+            None => None,
+        },
+    };
+    let url = url
+        .map(str::trim)
+        .or(existing.map(|w| w.vcs_repo_url.as_str()))
+        .unwrap_or_default()
+        .to_owned();
+    let repo_path = check_link(&url, connection.as_ref())?;
+    Ok(Link {
+        connection,
+        url,
+        repo_path,
+    })
+}
+
 pub async fn create(
     conn: &mut AsyncPgConnection,
     organization: &str,
@@ -159,12 +196,14 @@ pub async fn create(
     let directory = working_directory(&attrs)?.unwrap_or_default();
     let branch = BranchName::parse(attrs.vcs_branch.as_deref().unwrap_or_default())
         .map_err(unprocessable)?;
-    let connection = match &relationships.vcs_connection {
-        Some(relationship) => linked_connection(conn, organization, relationship).await?,
-        None => None,
-    };
-    let url = attrs.vcs_repo_url.as_deref().unwrap_or_default().trim();
-    let repo_path = check_link(url, connection.as_ref())?;
+    let link = resolve_link(
+        conn,
+        organization,
+        attrs.vcs_repo_url.as_deref(),
+        relationships.vcs_connection.as_ref(),
+        None,
+    )
+    .await?;
     let id = WorkspaceId::generate();
     diesel::insert_into(workspaces::table)
         .values(NewWorkspace {
@@ -173,9 +212,9 @@ pub async fn create(
             name: name.as_str(),
             execution_mode,
             auto_apply: attrs.auto_apply.unwrap_or(false),
-            vcs_connection_id: connection.as_ref().map(|c| &c.id),
-            vcs_repo_url: url,
-            vcs_repo_path: &repo_path,
+            vcs_connection_id: link.connection.as_ref().map(|c| &c.id),
+            vcs_repo_url: &link.url,
+            vcs_repo_path: &link.repo_path,
             vcs_branch: branch.as_str(),
             working_directory: directory.as_str(),
         })
@@ -282,23 +321,19 @@ pub async fn update(
         .is_some_and(|b| b.as_str() != existing.vcs_branch);
     let mut connection_changed = false;
     if sets_link {
-        let connection = match &relationships.vcs_connection {
-            Some(relationship) => {
-                linked_connection(conn, &existing.organization_name, relationship).await?
-            }
-            None => match &existing.vcs_connection_id {
-                Some(current) => connection_by_id(conn, current).await?,
-                None => None,
-            },
-        };
-        check_link(
-            new_url.unwrap_or(&existing.vcs_repo_url),
-            connection.as_ref(),
-        )?;
-        let connection_id = connection.map(|c| c.id);
+        let link = resolve_link(
+            conn,
+            &existing.organization_name,
+            new_url,
+            relationships.vcs_connection.as_ref(),
+            Some(&existing),
+        )
+        .await?;
+        let connection_id = link.connection.map(|c| c.id);
         connection_changed = connection_id != existing.vcs_connection_id;
         changes.vcs_connection_id = Some(connection_id);
-        changes.vcs_repo_url = new_url.map(str::to_owned);
+        changes.vcs_repo_url = Some(link.url);
+        changes.vcs_repo_path = Some(link.repo_path);
     }
     changes.vcs_branch = branch.map(|b| b.as_str().to_owned());
     if url_changed || branch_changed {

@@ -1,50 +1,12 @@
-//! Webhook verification and routing: which deliveries are genuine, new, and which
-//! workspaces they concern. A webhook only makes a poll happen sooner; the poll
-//! decides what, if anything, changed.
-
-use std::sync::atomic::{AtomicU64, Ordering};
+//! What a push or PR/MR delivery says, and which workspaces it concerns. A webhook
+//! only makes a poll happen sooner; the poll decides what, if anything, changed.
 
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use ring::hmac;
 use serde::Deserialize;
-use terrapod_shared::db::schema::{vcs_connections, webhook_deliveries, workspaces};
+use terrapod_shared::db::schema::{vcs_connections, workspaces};
 use terrapod_shared::domain::{ConnectionStatus, Provider};
 use terrapod_shared::ids::WorkspaceId;
-
-/// How long a delivery id is remembered (a day, plus slack for clock skew).
-const REMEMBER_HOURS: i32 = 25;
-/// Old deliveries are purged on one claim in this many.
-const PURGE_EVERY: u64 = 100;
-
-static CLAIMS: AtomicU64 = AtomicU64::new(0);
-
-/// `X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the raw body>`, checked in
-/// constant time.
-pub fn github_signature_is_valid(secret: &str, body: &[u8], header: Option<&str>) -> bool {
-    let Some(hex_signature) = header.and_then(|h| h.trim().strip_prefix("sha256=")) else {
-        return false;
-    };
-    let Ok(signature) = hex::decode(hex_signature) else {
-        return false;
-    };
-    let key = hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes());
-    hmac::verify(&key, body, &signature).is_ok()
-}
-
-/// `X-Gitlab-Token` equal to the secret, compared in constant time (as HMACs under a
-/// one-off key, which also hides the secret's length).
-pub fn gitlab_token_is_valid(secret: &str, header: Option<&str>) -> bool {
-    let Some(token) = header else {
-        return false;
-    };
-    let rng = ring::rand::SystemRandom::new();
-    let Ok(key) = hmac::Key::generate(hmac::HMAC_SHA256, &rng) else {
-        return false;
-    };
-    let expected = hmac::sign(&key, secret.as_bytes());
-    hmac::verify(&key, token.as_bytes(), expected.as_ref()).is_ok()
-}
 
 /// What a push or PR/MR delivery tells us.
 #[derive(Debug, PartialEq, Eq)]
@@ -154,78 +116,9 @@ pub async fn matching_workspaces(
     query.load(conn).await
 }
 
-/// Records a delivery id; false when it was seen before. Now and then, forgets ids
-/// older than a day.
-pub async fn claim_delivery(
-    conn: &mut AsyncPgConnection,
-    provider: Provider,
-    id: &str,
-) -> QueryResult<bool> {
-    if CLAIMS
-        .fetch_add(1, Ordering::Relaxed)
-        .is_multiple_of(PURGE_EVERY)
-    {
-        diesel::sql_query(format!(
-            "DELETE FROM webhook_deliveries WHERE received_at < now() - interval '{REMEMBER_HOURS} hours'"
-        ))
-        .execute(conn)
-        .await?;
-    }
-    let inserted = diesel::insert_into(webhook_deliveries::table)
-        .values((
-            webhook_deliveries::provider.eq(provider),
-            webhook_deliveries::delivery_id.eq(id),
-        ))
-        .on_conflict_do_nothing()
-        .execute(conn)
-        .await?;
-    Ok(inserted == 1)
-}
-
-/// Forgets a delivery whose polls could not be queued, so a redelivery is handled.
-pub async fn release_delivery(
-    conn: &mut AsyncPgConnection,
-    provider: Provider,
-    id: &str,
-) -> QueryResult<()> {
-    diesel::delete(webhook_deliveries::table.find((provider.as_str(), id)))
-        .execute(conn)
-        .await
-        .map(drop)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn github_signatures_are_checked_against_the_raw_body() {
-        let key = hmac::Key::new(hmac::HMAC_SHA256, b"secret");
-        let body = br#"{"zen":"Keep it logically awesome."}"#;
-        let good = format!("sha256={}", hex::encode(hmac::sign(&key, body).as_ref()));
-        assert!(github_signature_is_valid("secret", body, Some(&good)));
-        assert!(!github_signature_is_valid("other", body, Some(&good)));
-        assert!(!github_signature_is_valid(
-            "secret",
-            b"tampered",
-            Some(&good)
-        ));
-        assert!(!github_signature_is_valid("secret", body, None));
-        assert!(!github_signature_is_valid("secret", body, Some("sha1=abc")));
-        assert!(!github_signature_is_valid(
-            "secret",
-            body,
-            Some("sha256=zz")
-        ));
-    }
-
-    #[test]
-    fn gitlab_tokens_must_match_exactly() {
-        assert!(gitlab_token_is_valid("s3cret", Some("s3cret")));
-        assert!(!gitlab_token_is_valid("s3cret", Some("s3cre")));
-        assert!(!gitlab_token_is_valid("s3cret", Some("s3cret ")));
-        assert!(!gitlab_token_is_valid("s3cret", None));
-    }
 
     #[test]
     fn payloads_name_their_repository() {
