@@ -156,6 +156,9 @@ pub async fn run(
     server_handle.stop(true).await;
     let _ = server_task.await;
     stopping.abort();
+    if let Some(budget) = ctx.vcs.http.budget() {
+        budget.release_all().await;
+    }
     tracing::info!("VCS poller stopped");
     Ok(())
 }

@@ -13,9 +13,22 @@ pub struct PollerMetrics {
     pub poll_errors: IntCounter,
     pub poll_lag: GaugeVec,
     pub budget_wait: HistogramVec,
+    pub polls_not_done: IntCounterVec,
 }
 
 impl PollerMetrics {
+    /// Counts a poll that ended without polling (nothing for one that polled).
+    pub fn count_not_done(&self, outcome: &crate::poll::PollOutcome) {
+        use crate::poll::PollOutcome;
+        let reason = match outcome {
+            PollOutcome::Polled(_) | PollOutcome::Interrupted => return,
+            PollOutcome::Locked => "locked",
+            PollOutcome::Gone => "gone",
+            PollOutcome::Superseded => "superseded",
+        };
+        self.polls_not_done.with_label_values(&[reason]).inc();
+    }
+
     pub fn new() -> Self {
         let registry = Registry::new();
         let poll_duration = Histogram::with_opts(
@@ -66,6 +79,14 @@ impl PollerMetrics {
             &["provider"],
         )
         .expect("valid metric");
+        let polls_not_done = IntCounterVec::new(
+            Opts::new(
+                "terrapod_vcs_polls_not_done_total",
+                "Polls that ended without polling, by reason (locked: another poll held the workspace and covers the request; gone: deleted or unlinked; superseded: changed under the poll too often)",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
         for metric in [
             Box::new(poll_duration.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(runs_created.clone()),
@@ -73,6 +94,7 @@ impl PollerMetrics {
             Box::new(poll_errors.clone()),
             Box::new(poll_lag.clone()),
             Box::new(budget_wait.clone()),
+            Box::new(polls_not_done.clone()),
         ] {
             registry.register(metric).expect("registered once");
         }
@@ -84,6 +106,7 @@ impl PollerMetrics {
             poll_errors,
             poll_lag,
             budget_wait,
+            polls_not_done,
         }
     }
 

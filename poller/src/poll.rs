@@ -154,23 +154,31 @@ pub async fn poll_workspace(
         };
         // A poll under way sees this request when it records its result, and polls
         // again before giving its lock up: whoever holds the lock covers it.
-        let loaded = match store::lock_and_load(&mut conn, workspace).await {
-            Ok(None) => return Ok(PollOutcome::Gone),
-            Ok(Some((false, ..))) => return Ok(PollOutcome::Locked),
-            Ok(Some((true, loaded, connection))) => (loaded, connection),
-            Err(err) => {
-                // Whether the lock was taken is unknown: close the session.
-                let _ = PooledConnection::take(conn);
-                return Err(err.into());
-            }
-        };
+        // From here the session may hold the lock: if this future is dropped (or the
+        // statement fails) before we know, the guard closes the session instead of
+        // giving a locked connection back to the pool.
         let mut locked = LockedConnection {
             conn: Some(conn),
             workspace,
             unlocked: false,
         };
+        let loaded = match store::lock_and_load(locked.connection(), workspace).await? {
+            Some((true, loaded, connection)) => (loaded, connection),
+            not_taken => {
+                locked.give_back();
+                let outcome = match not_taken {
+                    None => PollOutcome::Gone,
+                    _ => PollOutcome::Locked,
+                };
+                ctx.metrics.count_not_done(&outcome);
+                return Ok(outcome);
+            }
+        };
         let outcome = poll_rounds(ctx, cache, &mut locked, loaded, trigger, freshness).await;
         locked.release().await;
+        if let Ok(outcome) = &outcome {
+            ctx.metrics.count_not_done(outcome);
+        }
         ctx.metrics
             .poll_duration
             .observe(started.elapsed().as_secs_f64());
@@ -298,11 +306,22 @@ impl LockedConnection<'_> {
         Ok(recorded)
     }
 
+    /// Gives the lock up and the connection back to the pool. The connection stays in
+    /// the guard until the unlock is confirmed, so a cancelled or failed unlock closes
+    /// the session (which releases the lock) rather than pooling a locked connection.
     async fn release(mut self) {
-        let mut conn = self.conn.take().expect("released once");
-        if !self.unlocked && !matches!(store::unlock(&mut conn, self.workspace).await, Ok(true)) {
-            let _ = PooledConnection::take(conn);
+        if !self.unlocked {
+            let workspace = self.workspace;
+            if !matches!(store::unlock(self.connection(), workspace).await, Ok(true)) {
+                return; // dropped: the session is closed
+            }
         }
+        drop(self.conn.take());
+    }
+
+    /// Returns a connection that holds no lock to the pool.
+    fn give_back(mut self) {
+        drop(self.conn.take());
     }
 }
 
@@ -556,8 +575,19 @@ impl<'a> Target<'a> {
             Stop::Problem
         })?;
 
-        // The head and the open pull requests are independent: ask for both at once.
-        let (head, pulls) = tokio::join!(self.head(&branch), self.pulls(&branch));
+        // The head and the open pull requests are independent: ask for both at once,
+        // but when the head fails the poll stops, and the pull request pages still
+        // being fetched are dropped rather than spent for nothing.
+        let head_request = self.head(&branch);
+        let pulls_request = self.pulls(&branch);
+        tokio::pin!(head_request, pulls_request);
+        let mut pulls = None;
+        let head = loop {
+            tokio::select! {
+                head = &mut head_request => break head,
+                listed = &mut pulls_request, if pulls.is_none() => pulls = Some(listed),
+            }
+        };
         let head = head.map_err(|err| Stop::provider(report, err))?;
         if self.workspace.vcs_last_commit_sha.as_deref() != Some(head.sha.as_str()) {
             match archives::archive_for(self, conn, &head.sha).await? {
@@ -578,7 +608,11 @@ impl<'a> Target<'a> {
             }
         }
 
-        let pulls = pulls.map_err(|err| Stop::provider(report, err))?;
+        let pulls = match pulls {
+            Some(listed) => listed,
+            None => pulls_request.await,
+        }
+        .map_err(|err| Stop::provider(report, err))?;
         for pull in pulls.iter() {
             if pull.from_fork {
                 // Fork code would run with the workspace's credentials.

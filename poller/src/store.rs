@@ -104,10 +104,11 @@ pub async fn claim_due(
                AND (vcs_last_attempt_at IS NULL
                     OR vcs_last_attempt_at <= $1 - make_interval(secs => $2))
                AND (vcs_connection_id IS NULL OR vcs_connection_id <> ALL($4))
-             -- Oldest first; a repository's workspaces together, so one replica polls
-             -- them one after another from one set of provider answers; connections
-             -- in an order of this replica's own, so replicas work on different
-             -- installations at once instead of crowding one (20 requests at most).
+             -- Oldest first (from the index workspaces_poll_due); within equal attempt
+             -- times, connections in an order of this replica's own, so replicas work
+             -- on different installations at once instead of crowding one (20
+             -- requests at most), and a repository's workspaces together, so one
+             -- replica polls them one after another from one set of provider answers.
              ORDER BY vcs_last_attempt_at NULLS FIRST,
                       hashtextextended(coalesce(vcs_connection_id, ''), $5),
                       vcs_connection_id, vcs_repo_path

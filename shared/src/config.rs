@@ -28,6 +28,8 @@ pub struct Settings {
     pub database_url: SecretString,
     pub amqp_url: SecretString,
     pub api_listen: SocketAddr,
+    /// The longest a webhook body may take to arrive (slow senders hold bytes in flight).
+    pub webhook_body_timeout: Duration,
     pub poller_listen: SocketAddr,
     pub poller_concurrency: NonZeroUsize,
     pub encryption: Option<KeyRing>,
@@ -118,6 +120,10 @@ impl Settings {
                 "TERRAPOD_API__LISTEN",
                 SocketAddr::from(([0, 0, 0, 0], 8080)),
             )?,
+            webhook_body_timeout: Duration::from_secs(
+                env.positive("TERRAPOD_API__WEBHOOK_BODY_TIMEOUT_SECONDS", 30)?
+                    .into(),
+            ),
             poller_listen: env.parsed(
                 "TERRAPOD_POLLER__LISTEN",
                 SocketAddr::from(([0, 0, 0, 0], 9090)),

@@ -12,7 +12,7 @@ use terrapod_shared::vcs::Priority;
 use terrapod_shared::vcs::{
     ArchiveError, ArchiveLimits, RepoUrl, VcsError, VcsProvider, VcsShared,
 };
-use terrapod_test_support::{GITHUB_APP_TEST_KEY, GITHUB_APP_TEST_PUBLIC_KEY};
+use terrapod_test_support::{HeaderTrap, GITHUB_APP_TEST_KEY, GITHUB_APP_TEST_PUBLIC_KEY};
 use terrapod_vcs_sim::{fault, Fault, Kind, NewPull, PullState, PullUpdate, Simulator};
 
 const LIMITS: ArchiveLimits = ArchiveLimits {
@@ -676,4 +676,144 @@ async fn github_enterprise_is_reached_through_the_server_url() {
         ghe.branch_head(&repo, "main").await.unwrap().sha.as_str(),
         sha
     );
+}
+
+/// Whether any recorded request head carries a credential header.
+fn carries_credentials(heads: &[String]) -> bool {
+    heads
+        .iter()
+        .any(|head| head.contains("\nauthorization:") || head.contains("\nprivate-token:"))
+}
+
+#[tokio::test]
+async fn a_gitlab_redirect_to_another_origin_never_gets_the_token() {
+    let (sim, gitlab) = gitlab_world().await;
+    sim.create_repo(Kind::Gitlab, "platform/core", &[("main.tf", "x")]);
+    let elsewhere = HeaderTrap::start("application/json", b"{}".to_vec()).await;
+    sim.inject_fault(Fault {
+        redirect_to: Some(format!("{}/steal", elsewhere.url())),
+        ..Fault::matching("/repository/branches/")
+    });
+    // Whatever the other host answers, it is not the branch: the poll fails...
+    gitlab
+        .branch_head(&gitlab_repo("platform/core"), "main")
+        .await
+        .unwrap_err();
+    // ...and the hop itself carried no PRIVATE-TOKEN.
+    let heads = elsewhere.heads();
+    assert_eq!(heads.len(), 1, "the redirect was followed once: {heads:?}");
+    assert!(!carries_credentials(&heads), "{heads:?}");
+}
+
+#[tokio::test]
+async fn a_github_pagination_link_to_another_origin_is_refused() {
+    let (sim, github) = github_world().await;
+    sim.create_repo(Kind::Github, "acme/infra", &[("main.tf", "")]);
+    sim.commit(Kind::Github, "acme/infra", "feature", "c", &[("f", "1")])
+        .await;
+    sim.open_pull(Kind::Github, "acme/infra", pull("feature", "PR"))
+        .await;
+    let elsewhere = HeaderTrap::start("application/json", b"[]".to_vec()).await;
+    sim.inject_fault(Fault {
+        link_next: Some(format!("{}/repos/acme/infra/pulls?page=2", elsewhere.url())),
+        ..Fault::matching("/pulls")
+    });
+    let err = github
+        .open_pull_requests(&github_repo("acme/infra"), "main")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("another origin"), "{err}");
+    assert!(
+        elsewhere.heads().is_empty(),
+        "the hostile page was never asked"
+    );
+}
+
+#[tokio::test]
+async fn a_github_archive_redirected_to_another_host_is_fetched_there_without_credentials() {
+    let (sim, github) = github_world().await;
+    let sha = sim.create_repo(Kind::Github, "acme/infra", &[("main.tf", "")]);
+    // GitHub answers a tarball request with a redirect to its archive host.
+    let archive_host = HeaderTrap::start(
+        "application/x-gzip",
+        hostile_tarball(&[("acme-infra-1/main.tf", b"terraform {}", None)]),
+    )
+    .await;
+    sim.inject_fault(Fault {
+        redirect_to: Some(format!(
+            "{}/acme/infra/legacy.tar.gz/{sha}",
+            archive_host.url()
+        )),
+        ..Fault::matching("/tarball/")
+    });
+    let repacked = github
+        .download_archive(
+            &github_repo("acme/infra"),
+            &terrapod_shared::domain::CommitSha::parse(&sha).unwrap(),
+            LIMITS,
+        )
+        .await
+        .unwrap();
+    assert_eq!(repacked.files, 1);
+    let heads = archive_host.heads();
+    assert_eq!(heads.len(), 1, "{heads:?}");
+    assert!(!carries_credentials(&heads), "{heads:?}");
+}
+
+#[tokio::test]
+async fn same_origin_redirects_keep_the_credential() {
+    let (sim, gitlab) = gitlab_world().await;
+    sim.create_repo(Kind::Gitlab, "platform/core", &[("main.tf", "x")]);
+    let project = urlencoding_path("platform/core");
+    // A redirect that stays on the server (e.g. a renamed project) keeps working.
+    sim.inject_fault(Fault {
+        redirect_to: Some(format!(
+            "{}/api/v4/projects/{project}/repository/branches/main",
+            sim.url()
+        )),
+        ..Fault::matching("/repository/branches/main")
+    });
+    gitlab
+        .branch_head(&gitlab_repo("platform/core"), "main")
+        .await
+        .unwrap();
+}
+
+fn urlencoding_path(path: &str) -> String {
+    path.replace('/', "%2F")
+}
+
+#[tokio::test]
+async fn oversized_answers_are_refused_and_error_excerpts_stay_short() {
+    let repo = gitlab_repo("platform/core");
+    // A JSON answer above the limit is refused, not buffered whole.
+    let huge = HeaderTrap::start(
+        "application/json",
+        vec![b' '; terrapod_shared::vcs::http::MAX_JSON_BYTES + 1024],
+    )
+    .await;
+    let gitlab = GitLabClient::new(
+        shared(),
+        &huge.url(),
+        SecretString::from("glpat-test"),
+        Priority::Requested,
+    );
+    let err = gitlab.branch_head(&repo, "main").await.unwrap_err();
+    assert!(err.to_string().contains("larger than"), "{err}");
+    // An error page of a megabyte becomes a short excerpt.
+    let verbose = HeaderTrap::start_with_status(
+        "500 Internal Server Error",
+        "text/html",
+        "<p>not here</p>".repeat(70_000).into_bytes(),
+    )
+    .await;
+    let gitlab = GitLabClient::new(
+        shared(),
+        &verbose.url(),
+        SecretString::from("glpat-test"),
+        Priority::Requested,
+    );
+    let err = gitlab.branch_head(&repo, "main").await.unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("500") && message.len() < 400, "{message}");
 }

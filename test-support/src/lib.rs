@@ -211,3 +211,67 @@ impl TcpProxy {
         self.open.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
+
+/// An HTTP server on its own origin that records the head of every request it gets
+/// and answers each with the same fixed response: the "other host" of redirect and
+/// pagination tests, to see which headers reached it.
+pub struct HeaderTrap {
+    address: std::net::SocketAddr,
+    heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl HeaderTrap {
+    pub async fn start(content_type: &str, body: Vec<u8>) -> HeaderTrap {
+        Self::start_with_status("200 OK", content_type, body).await
+    }
+
+    /// Like [`HeaderTrap::start`], answering with `status` (e.g. `"404 Not Found"`).
+    pub async fn start_with_status(status: &str, content_type: &str, body: Vec<u8>) -> HeaderTrap {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut response = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        response.extend_from_slice(&body);
+        let response = std::sync::Arc::new(response);
+        let recorded = heads.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let (recorded, response) = (recorded.clone(), response.clone());
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buffer = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 65_536 {
+                        match stream.read(&mut buffer).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buffer[..n]),
+                        }
+                    }
+                    recorded
+                        .lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&head).to_lowercase());
+                    let _ = stream.write_all(&response).await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        HeaderTrap { address, heads }
+    }
+
+    /// The trap's origin, e.g. `http://127.0.0.1:40123`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// The request heads received so far, lowercased.
+    pub fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
+}

@@ -25,8 +25,6 @@ use payload::Delivery;
 
 /// The largest webhook body accepted.
 pub const MAX_WEBHOOK_BYTES: usize = 25 * 1024 * 1024;
-/// The longest a webhook body may take to arrive.
-const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest a delivery waits for room among the bytes in flight.
 const BYTES_WAIT: Duration = Duration::from_secs(2);
 
@@ -223,7 +221,7 @@ async fn receive(
     }
 }
 
-/// Reads the body within [`MAX_WEBHOOK_BYTES`] and [`BODY_TIMEOUT`], holding its size
+/// Reads the body within [`MAX_WEBHOOK_BYTES`] and the body timeout, holding its size
 /// among the process's webhook bytes in flight (503 when they are all taken).
 async fn read_webhook_body(
     state: &AppState,
@@ -250,17 +248,15 @@ async fn read_webhook_body(
         })?
         .expect("the semaphore is never closed");
     let mut payload = payload.into_inner();
-    tokio::time::timeout(
-        BODY_TIMEOUT,
-        read_body(req, &mut payload, MAX_WEBHOOK_BYTES),
-    )
-    .await
-    .map_err(|_| {
-        ApiError::RequestTimeout(format!(
-            "the request body did not arrive within {}s",
-            BODY_TIMEOUT.as_secs()
-        ))
-    })?
+    let timeout = state.settings.webhook_body_timeout;
+    tokio::time::timeout(timeout, read_body(req, &mut payload, MAX_WEBHOOK_BYTES))
+        .await
+        .map_err(|_| {
+            ApiError::RequestTimeout(format!(
+                "the request body did not arrive within {}s",
+                timeout.as_secs()
+            ))
+        })?
 }
 
 /// Queues one poll per matching workspace, once per delivery id. No database

@@ -196,29 +196,140 @@ async fn migrate_creates_a_missing_database_and_is_idempotent() {
         .unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_bootstrap_token_is_an_admin_token_once_the_api_starts() {
-    let app = spawn_app().await;
+/// Starts an API with `bootstrap` as TERRAPOD_AUTH__BOOTSTRAP_TOKEN; returns its address.
+async fn serve_with_bootstrap(app: &crate::helpers::TestApp, bootstrap: &str) -> String {
     let settings = Settings::from_lookup(|name| match name {
         "TERRAPOD_DATABASE__URL" => Some(app.db.url().to_owned()),
         "TERRAPOD_API__LISTEN" => Some("127.0.0.1:0".to_owned()),
         "TERRAPOD_ENCRYPTION__KEY" => app.encryption_key.clone(),
-        "TERRAPOD_AUTH__BOOTSTRAP_TOKEN" => {
-            Some("bootstrap-for-ci-0123456789abcdef0123".to_owned())
-        }
+        "TERRAPOD_AUTH__BOOTSTRAP_TOKEN" => Some(bootstrap.to_owned()),
         _ => None,
     })
     .unwrap();
     let server = commands::build_server(settings).await.unwrap();
     let address = format!("http://127.0.0.1:{}", server.port());
     tokio::spawn(server.run_until_stopped());
+    address
+}
+
+async fn status_with(app: &crate::helpers::TestApp, address: &str, token: &str) -> u16 {
+    app.client
+        .get(format!(
+            "{address}/api/v2/organizations/default/vcs-connections"
+        ))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bootstrap_token_is_an_admin_token_and_a_changed_one_revokes_the_previous() {
+    let app = spawn_app().await;
+    let first = "bootstrap-for-ci-0123456789abcdef0123";
+    let address = serve_with_bootstrap(&app, first).await;
     let response = app
         .client
         .post(format!("{address}/api/v2/organizations/default/vcs-connections"))
-        .bearer_auth("bootstrap-for-ci-0123456789abcdef0123")
+        .bearer_auth(first)
         .json(&serde_json::json!({"data": {"type": "vcs-connections", "attributes": {"name": "gl", "provider": "gitlab", "token": "t"}}}))
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), 201, "only admins may create connections");
+    // An operator rotates the bootstrap token: the old one must stop working.
+    let second = "bootstrap-rotated-abcdef0123456789abcdef";
+    let address = serve_with_bootstrap(&app, second).await;
+    assert_eq!(status_with(&app, &address, second).await, 200);
+    assert_eq!(status_with(&app, &address, first).await, 401);
+    // Starting again with the same token changes nothing.
+    let address = serve_with_bootstrap(&app, second).await;
+    assert_eq!(status_with(&app, &address, second).await, 200);
+}
+
+#[tokio::test]
+async fn a_short_bootstrap_token_is_refused_at_start() {
+    let app = spawn_app().await;
+    let output = binary()
+        .args(["serve"])
+        .env("TERRAPOD_DATABASE__URL", app.db.url())
+        .env("TERRAPOD_AUTH__BOOTSTRAP_TOKEN", "changeme")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("TERRAPOD_AUTH__BOOTSTRAP_TOKEN") && stderr.contains("32"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("changeme"),
+        "the value is not echoed: {stderr}"
+    );
+}
+
+fn token_command(app: &crate::helpers::TestApp, args: &[&str]) -> std::process::Output {
+    binary()
+        .arg("token")
+        .args(args)
+        .env("TERRAPOD_DATABASE__URL", app.db.url())
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_listed_without_their_secret_and_a_revoked_one_stops_within_seconds() {
+    let app = spawn_app().await;
+    let created = token_command(&app, &["create", "--admin", "--description", "deploy bot"]);
+    assert!(created.status.success());
+    let token = String::from_utf8(created.stdout).unwrap().trim().to_owned();
+    // Used once: the API now holds it in its verified-token cache.
+    assert_eq!(status_with(&app, &app.address, &token).await, 200);
+
+    let listed = token_command(&app, &["list"]);
+    assert!(listed.status.success());
+    let listed = String::from_utf8(listed.stdout).unwrap();
+    assert!(!listed.contains(&token), "never the token itself");
+    let line = listed
+        .lines()
+        .find(|line| line.contains("deploy bot"))
+        .unwrap_or_else(|| panic!("{listed}"));
+    let columns: Vec<&str> = line.split('\t').collect();
+    assert!(columns[0].starts_with("at-"), "{line}");
+    assert_eq!(columns[1], "admin");
+    assert!(
+        !columns[4].is_empty() && columns[4] != "never",
+        "last used: {line}"
+    );
+    let id = columns[0].to_owned();
+
+    let revoked = token_command(&app, &["revoke", &id]);
+    assert!(
+        revoked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&revoked.stderr)
+    );
+    let started = std::time::Instant::now();
+    while status_with(&app, &app.address, &token).await != 401 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(7),
+            "a revoked token still works after {:?}",
+            started.elapsed()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let listed = String::from_utf8(token_command(&app, &["list"]).stdout).unwrap();
+    assert!(!listed.contains(&id), "revoked tokens are hidden: {listed}");
+    let all = String::from_utf8(token_command(&app, &["list", "--all"]).stdout).unwrap();
+    let line = all.lines().find(|line| line.starts_with(&id)).unwrap();
+    assert_eq!(line.split('\t').count(), 6, "a revoked-at column: {line}");
+    // An unknown id is an error, not a silent success; revoking twice is idempotent.
+    assert!(!token_command(&app, &["revoke", "at-doesnotexist00"])
+        .status
+        .success());
+    let again = token_command(&app, &["revoke", &id]);
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stdout).contains("already revoked"));
 }

@@ -80,3 +80,71 @@ async fn unknown_routes_and_methods_get_jsonapi_errors() {
         .await;
     assert_error(response, 405).await;
 }
+
+/// Reads the child's stderr lines until one contains `needle` (or the time is up).
+async fn wait_for_log(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
+    needle: &str,
+) -> String {
+    let found = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains(needle) {
+                return line;
+            }
+        }
+        panic!("the API exited without logging {needle:?}");
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), found)
+        .await
+        .unwrap_or_else(|_| panic!("no log line with {needle:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_started_without_the_broker_serves_crud_and_logs_when_the_broker_comes() {
+    use tokio::io::AsyncBufReadExt;
+    let app = spawn_app().await;
+    let vhost = terrapod_test_support::TestVhost::new();
+    let broker = terrapod_test_support::TcpProxy::start("127.0.0.1:5672").await;
+    broker.cut();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut api = tokio::process::Command::new(env!("CARGO_BIN_EXE_terrapod-api"))
+        .arg("serve")
+        .env("TERRAPOD_DATABASE__URL", app.db.url())
+        .env("TERRAPOD_AMQP__URL", vhost.url_via(&broker.address()))
+        .env("TERRAPOD_API__LISTEN", format!("127.0.0.1:{port}"))
+        .env("TERRAPOD_LOG__FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(api.stderr.take().unwrap()).lines();
+    wait_for_log(&mut lines, "RabbitMQ is unreachable").await;
+    let created = app
+        .client
+        .post(format!(
+            "http://127.0.0.1:{port}/api/v2/organizations/default/workspaces"
+        ))
+        .bearer_auth(&app.admin_token)
+        .json(&serde_json::json!({"data": {"type": "workspaces", "attributes": {"name": "no-broker"}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201, "CRUD is served without the broker");
+    let ready = app
+        .client
+        .get(format!("http://127.0.0.1:{port}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    assert_eq!(ready.json::<Value>().await.unwrap()["status"], "degraded");
+    broker.restore();
+    wait_for_log(&mut lines, "RabbitMQ is reachable").await;
+    api.kill().await.unwrap();
+}

@@ -162,6 +162,20 @@ impl TestApp {
             .unwrap()
     }
 
+    /// The stored (encrypted) credential of one connection.
+    pub async fn stored_credential_of(&self, id: &str) -> String {
+        use diesel::prelude::*;
+        use diesel_async::RunQueryDsl;
+        use terrapod_shared::db::schema::vcs_connections;
+        let mut conn = self.connection().await;
+        vcs_connections::table
+            .filter(vcs_connections::id.eq(id))
+            .select(vcs_connections::encrypted_credential.assume_not_null())
+            .first(&mut conn)
+            .await
+            .unwrap()
+    }
+
     /// Creates a GitHub App connection and returns its JSON:API resource.
     pub async fn create_github_connection(&self, name: &str, installation_id: i64) -> Value {
         let response = self

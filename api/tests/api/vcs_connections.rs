@@ -256,3 +256,55 @@ async fn deleting_a_connection_keeps_workspace_settings_and_records_why() {
     assert!(data["attributes"]["vcs-last-error-at"].is_string());
     let _ = Method::GET;
 }
+
+#[tokio::test]
+async fn changing_server_url_needs_the_credential_again() {
+    let app = spawn_app().await;
+    let gitlab = app.create_gitlab_connection("gl", "glpat-old").await;
+    let github = app.create_github_connection("gh", 77).await;
+    for (connection, credential, value) in [
+        (&gitlab, "token", "glpat-for-the-new-server"),
+        (&github, "private-key", GITHUB_APP_TEST_KEY),
+    ] {
+        let id = connection["id"].as_str().unwrap();
+        let path = format!("/api/v2/vcs-connections/{id}");
+        let stored = app.stored_credential_of(id).await;
+        // Only the URL: the stored credential would go to the attacker's host.
+        let detail = assert_error(
+            app.patch(
+                &path,
+                &json!({"data": {"type": "vcs-connections", "attributes": {"server-url": "https://evil.example.com"}}}),
+            )
+            .await,
+            422,
+        )
+        .await;
+        assert!(
+            detail.contains("server-url") && detail.contains(credential),
+            "{detail}"
+        );
+        let unchanged: Value = app.get(&path).await.json().await.unwrap();
+        assert_ne!(
+            unchanged["data"]["attributes"]["server-url"],
+            "https://evil.example.com"
+        );
+        assert_eq!(app.stored_credential_of(id).await, stored);
+        // The same URL again is no change; with the credential it is accepted.
+        let same = connection["attributes"]["server-url"].clone();
+        let response = app
+            .patch(
+                &path,
+                &json!({"data": {"type": "vcs-connections", "attributes": {"server-url": same}}}),
+            )
+            .await;
+        assert_eq!(response.status(), 200);
+        let response = app
+            .patch(
+                &path,
+                &json!({"data": {"type": "vcs-connections", "attributes": {
+                    "server-url": "https://vcs.internal.example.com", credential: value}}}),
+            )
+            .await;
+        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    }
+}

@@ -639,3 +639,175 @@ async fn with_the_broker_down_webhooks_answer_503_crud_still_works_and_the_sched
     .await;
     assert_eq!(json_message(response, 202).await, "accepted");
 }
+
+/// Queues from a signed GitHub push for `repo` on installation 300: the workspace ids.
+async fn workspaces_polled_by_push(app: &TestApp, repo: &str, delivery: &str) -> Vec<String> {
+    let body = push_payload(repo, Some(300));
+    let response = github_hook(
+        app,
+        "push",
+        delivery,
+        &body,
+        Some(signed(&body, GITHUB_SECRET)),
+    )
+    .await;
+    assert_eq!(response.status(), 202);
+    drain_poll_messages(app)
+        .await
+        .into_iter()
+        .map(|m| m.workspace_id)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_workspace_linked_or_re_pointed_by_patch_is_matched_by_its_new_repository() {
+    let app = app_with_webhooks(&[]).await;
+    let connection = app.create_github_connection("gh", 300).await;
+    let created = app.create_workspace("ws", None, "").await;
+    assert_eq!(created.status(), 201);
+    let workspace: Value = created.json().await.unwrap();
+    let id = workspace["data"]["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/v2/workspaces/{id}");
+    let link = |url: &str| {
+        json!({"data": {"type": "workspaces", "attributes": {"vcs-repo-url": url},
+            "relationships": {"vcs-connection": {"data": {"id": connection["id"], "type": "vcs-connections"}}}}})
+    };
+    // Linked by PATCH.
+    assert_eq!(
+        app.patch(&path, &link("https://github.com/acme/one"))
+            .await
+            .status(),
+        200
+    );
+    drain_poll_messages(&app).await;
+    assert_eq!(
+        workspaces_polled_by_push(&app, "acme/one", "d-1").await,
+        vec![id.clone()]
+    );
+    // Re-pointed by PATCH: the new repository matches, the old one no longer does.
+    let repointed = json!({"data": {"type": "workspaces", "attributes": {"vcs-repo-url": "https://github.com/acme/two"}}});
+    assert_eq!(app.patch(&path, &repointed).await.status(), 200);
+    drain_poll_messages(&app).await;
+    assert_eq!(
+        workspaces_polled_by_push(&app, "acme/two", "d-2").await,
+        vec![id.clone()]
+    );
+    assert!(workspaces_polled_by_push(&app, "acme/one", "d-3")
+        .await
+        .is_empty());
+}
+
+/// Sends `head` (request line and headers, no body) on a raw connection and returns
+/// the status of the answer, which must come without the body ever being sent.
+async fn status_without_body(app: &TestApp, head: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = app.address.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 1024];
+    let read = async {
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut buffer).await.unwrap();
+            assert!(n > 0, "closed without an answer");
+            answer.extend_from_slice(&buffer[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), read)
+        .await
+        .expect("an answer");
+    let line = String::from_utf8_lossy(&answer)
+        .lines()
+        .next()
+        .unwrap()
+        .to_owned();
+    line.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+fn head(path: &str, headers: &[(&str, &str)], length: usize) -> String {
+    let mut head = format!("POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    head
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_requests_are_refused_before_their_body_is_read() {
+    let app = app_with_webhooks(&[]).await;
+    // A GitLab hook with a wrong token: 401 at once, though its 1 MiB never arrives.
+    let wrong = head(
+        "/api/v2/vcs-events/gitlab",
+        &[("X-Gitlab-Event", "Push Hook"), ("X-Gitlab-Token", "wrong")],
+        1 << 20,
+    );
+    assert_eq!(status_without_body(&app, &wrong).await, 401);
+    // The same for API routes: no token, and a member on an admin-only route.
+    let anonymous = head(
+        "/api/v2/organizations/default/vcs-connections",
+        &[],
+        1 << 20,
+    );
+    assert_eq!(status_without_body(&app, &anonymous).await, 401);
+    let bearer = format!("Bearer {}", app.member_token);
+    let member = head(
+        "/api/v2/organizations/default/vcs-connections",
+        &[("Authorization", &bearer)],
+        1 << 20,
+    );
+    assert_eq!(status_without_body(&app, &member).await, 403);
+    // A wrong token with an oversized declared body is still 401, not 413.
+    let oversized = head(
+        "/api/v2/vcs-events/gitlab",
+        &[("X-Gitlab-Event", "Push Hook"), ("X-Gitlab-Token", "wrong")],
+        100 << 20,
+    );
+    assert_eq!(status_without_body(&app, &oversized).await, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_body_that_never_arrives_times_out_and_bodies_in_flight_are_bounded() {
+    let app =
+        app_with_webhooks(&[("TERRAPOD_API__WEBHOOK_BODY_TIMEOUT_SECONDS", "5".into())]).await;
+    let github = |length: usize| {
+        head(
+            "/api/v2/vcs-events/github",
+            &[
+                ("X-GitHub-Event", "push"),
+                ("X-Hub-Signature-256", "sha256=00"),
+            ],
+            length,
+        )
+    };
+    // A correct GitLab token still needs its body within the timeout.
+    let slow = head(
+        "/api/v2/vcs-events/gitlab",
+        &[
+            ("X-Gitlab-Event", "Push Hook"),
+            ("X-Gitlab-Token", GITLAB_SECRET),
+        ],
+        1000,
+    );
+    assert_eq!(status_without_body(&app, &slow).await, 408);
+    // Two 25 MiB deliveries being read hold 50 of the 64 MiB in flight: a third waits
+    // briefly for room, then is told to come back (503), while both are still open.
+    let held = [github(25 << 20), github(25 << 20)];
+    let app = std::sync::Arc::new(app);
+    let mut readers = Vec::new();
+    for head in held {
+        let app = app.clone();
+        readers.push(tokio::spawn(async move {
+            status_without_body(&app, &head).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(status_without_body(&app, &github(25 << 20)).await, 503);
+    for reader in readers {
+        assert_eq!(
+            reader.await.unwrap(),
+            408,
+            "the held bodies time out in turn"
+        );
+    }
+}

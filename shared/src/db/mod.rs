@@ -66,7 +66,8 @@ pub fn pool(
         }
         .boxed()
     });
-    let manager = AsyncDieselConnectionManager::new_with_config(database_url, config);
+    let manager =
+        AsyncDieselConnectionManager::new_with_config(with_client_keepalives(database_url), config);
     Ok(Pool::builder(manager)
         .max_size(max_size)
         .wait_timeout(Some(Duration::from_secs(10)))
@@ -74,6 +75,30 @@ pub fn pool(
         .recycle_timeout(Some(Duration::from_secs(5)))
         .runtime(deadpool::Runtime::Tokio1)
         .build()?)
+}
+
+/// Client-side keepalives and a TCP user timeout (tokio-postgres reads both in
+/// seconds), unless the URL sets them: without them a connection whose server vanished
+/// behind a partition hangs for the kernel's ~15 minutes of retransmissions, since the
+/// pool checks connections out without a round trip.
+fn with_client_keepalives(database_url: &str) -> String {
+    let Ok(mut url) = url::Url::parse(database_url) else {
+        return database_url.to_owned(); // key=value form: left as written
+    };
+    let present: Vec<String> = url.query_pairs().map(|(key, _)| key.into_owned()).collect();
+    let mut pairs = url.query_pairs_mut();
+    for (key, value) in [
+        ("keepalives_idle", "30"),
+        ("keepalives_interval", "10"),
+        ("keepalives_retries", "3"),
+        ("tcp_user_timeout", "60"),
+    ] {
+        if !present.iter().any(|p| p == key) {
+            pairs.append_pair(key, value);
+        }
+    }
+    drop(pairs);
+    url.into()
 }
 
 /// Creates the database named in `database_url` when it does not exist yet, by
@@ -139,4 +164,22 @@ pub async fn ping(pool: &DbPool) -> bool {
         .execute(&mut conn)
         .await
         .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_client_keepalives;
+
+    #[test]
+    fn client_keepalives_are_added_unless_the_url_sets_them() {
+        let url = with_client_keepalives("postgres://u:p@db:5432/terrapod?sslmode=disable");
+        assert!(url.starts_with("postgres://u:p@db:5432/terrapod?sslmode=disable&"));
+        assert!(url.contains("keepalives_idle=30") && url.contains("tcp_user_timeout=60"));
+        let own = with_client_keepalives("postgres://db/terrapod?tcp_user_timeout=5");
+        assert!(own.contains("tcp_user_timeout=5") && !own.contains("tcp_user_timeout=60"));
+        assert_eq!(
+            with_client_keepalives("host=db dbname=terrapod"),
+            "host=db dbname=terrapod"
+        );
+    }
 }

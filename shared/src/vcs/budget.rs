@@ -142,6 +142,9 @@ pub struct RequestBudget {
     wait_seconds: Option<HistogramVec>,
     /// Turns true on shutdown: waits end.
     stopped: tokio::sync::watch::Sender<bool>,
+    /// Prefix of this process's lease holders, so its leases can all be given back
+    /// at exit (a crashed process's leases expire at the end of their hold instead).
+    process: String,
 }
 
 #[derive(QueryableByName)]
@@ -193,7 +196,23 @@ impl RequestBudget {
             known: Mutex::new(HashSet::new()),
             wait_seconds,
             stopped: tokio::sync::watch::channel(false).0,
+            process: crate::ids::random_base58(12),
         }
+    }
+
+    /// Gives back every slot this process still holds (at exit, after its polls
+    /// ended: background releases may not have run yet).
+    pub async fn release_all(&self) {
+        let Ok(mut conn) = self.pool.get().await else {
+            return;
+        };
+        let _ = diesel::sql_query(
+            "UPDATE provider_request_leases SET expires_at = '-infinity', holder = NULL
+             WHERE holder LIKE $1 || '.%'",
+        )
+        .bind::<Text, _>(&self.process)
+        .execute(&mut conn)
+        .await;
     }
 
     /// Ends every wait, now and later (shutdown): they fail with [`BudgetError::Stopped`].
@@ -234,7 +253,7 @@ impl RequestBudget {
         let deadline = started + self.patience(priority);
         let limit = self.limits.limit(key.provider, priority);
         let cost = (cost as i32).min(limit);
-        let holder = crate::ids::random_base58(16);
+        let holder = format!("{}.{}", self.process, crate::ids::random_base58(12));
         self.ensure_rows(key).await?;
         let slot = loop {
             match self
