@@ -398,6 +398,11 @@ impl Fleet {
                     vcs_repo_path: path,
                     vcs_branch: "main",
                     working_directory: "",
+                    // Every commit runs, as before file triggers existed.
+                    file_triggers_enabled: false,
+                    trigger_prefixes: &[],
+                    trigger_patterns: &[],
+                    speculative_enabled: true,
                 })
                 .collect();
             diesel::insert_into(workspaces::table)

@@ -4,6 +4,9 @@
 ALTER TABLE api_tokens ADD COLUMN public_id TEXT;
 UPDATE api_tokens SET public_id = 'at-' || translate(substr(md5(random()::text || id::text), 1, 16), '0', 'z');
 ALTER TABLE api_tokens ALTER COLUMN public_id SET NOT NULL;
+-- Binaries from before this migration insert tokens without one (a rolling update).
+ALTER TABLE api_tokens ALTER COLUMN public_id
+    SET DEFAULT 'at-' || translate(substr(md5(random()::text || clock_timestamp()::text), 1, 16), '0', 'z');
 ALTER TABLE api_tokens ADD CONSTRAINT api_tokens_public_id_unique UNIQUE (public_id);
 ALTER TABLE api_tokens ADD COLUMN revoked_at TIMESTAMPTZ;
 ALTER TABLE api_tokens ADD COLUMN last_used_at TIMESTAMPTZ;

@@ -19,6 +19,7 @@ use chrono::{DateTime, Utc};
 use terrapod_shared::archives::StoredArchive;
 use terrapod_shared::domain::CommitSha;
 use terrapod_shared::ids::VcsConnectionId;
+use terrapod_shared::triggers::ChangedFiles;
 use terrapod_shared::vcs::{BranchHead, ProviderClient, PullRequest};
 use tokio::sync::OnceCell;
 
@@ -114,6 +115,37 @@ pub struct CycleCache {
     /// Open pull/merge requests by target branch.
     pub pulls: OnceMap<(RepoKey, String), Arc<Vec<PullRequest>>>,
     pub archives: OnceMap<(RepoKey, CommitSha), StoredArchive>,
+    /// Changed files being fetched in this cycle (then kept in [`ChangeCache`]).
+    pub changes: OnceMap<ChangeKey, Arc<ChangedFiles>>,
+}
+
+/// Which changed files: of a comparison, or of a pull request at one head. Neither
+/// ever changes, so answers are kept for the whole process (bounded).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ChangeKey {
+    Compare {
+        repo: RepoKey,
+        base: CommitSha,
+        head: CommitSha,
+    },
+    PullRequest {
+        repo: RepoKey,
+        number: i64,
+        head: CommitSha,
+    },
+}
+
+/// Changed-file lists this process has fetched, at most [`CHANGE_CACHE_ENTRIES`],
+/// least recently used first out.
+pub type ChangeCache = moka::sync::Cache<ChangeKey, Arc<ChangedFiles>>;
+
+pub const CHANGE_CACHE_ENTRIES: u64 = 20_000;
+
+pub fn change_cache() -> ChangeCache {
+    moka::sync::Cache::builder()
+        .max_capacity(CHANGE_CACHE_ENTRIES)
+        .time_to_idle(std::time::Duration::from_secs(6 * 3600))
+        .build()
 }
 
 #[cfg(test)]

@@ -78,6 +78,7 @@ pub fn context_with_window(
         readiness: Default::default(),
         settings: Arc::new(settings),
         metrics,
+        changes: cache::change_cache(),
     }))
 }
 

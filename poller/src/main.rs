@@ -93,9 +93,22 @@ async fn poll_once(
     if !terrapod_poller::wait_for_database(&ctx, &mut shutdown).await {
         return ExitCode::FAILURE;
     }
+    let code = poll_once_with(&ctx, workspace, &shutdown).await;
+    // Slots whose background release has not run yet are given back before exit.
+    if let Some(budget) = ctx.vcs.http.budget() {
+        budget.release_all().await;
+    }
+    code
+}
+
+async fn poll_once_with(
+    ctx: &Arc<terrapod_poller::poll::PollContext>,
+    workspace: Option<String>,
+    shutdown: &watch::Receiver<bool>,
+) -> ExitCode {
     match workspace {
         None => {
-            let report = cycle::run_cycle(&ctx, &shutdown).await;
+            let report = cycle::run_cycle(ctx, shutdown).await;
             println!(
                 "polled {} workspaces, created {} runs, {} errors",
                 report.polled, report.runs_created, report.errors
@@ -107,7 +120,7 @@ async fn poll_once(
                 eprintln!("terrapod-poller: `{raw}` is not a workspace id (ws-…)");
                 return ExitCode::from(2);
             };
-            match poll_workspace(&ctx, &CycleCache::default(), &id, Trigger::Message).await {
+            match poll_workspace(ctx, &CycleCache::default(), &id, Trigger::Message).await {
                 Ok(PollOutcome::Polled(report)) => {
                     println!("created {} runs", report.runs_created);
                     match report.error_summary() {

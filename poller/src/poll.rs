@@ -19,16 +19,17 @@ use terrapod_shared::domain::{
 };
 use terrapod_shared::ids::WorkspaceId;
 use terrapod_shared::runs::{create_vcs_run, NewVcsRun, RunCreation, VcsTrigger};
+use terrapod_shared::triggers::TriggerRules;
 use terrapod_shared::vcs::{
-    ArchiveLimits, BranchHead, Priority, ProviderClient, PullRequest, RepoUrl, VcsError,
-    VcsProvider, VcsShared,
+    ArchiveLimits, BranchHead, ChangedFiles, Priority, ProviderClient, PullRequest, RepoUrl,
+    VcsError, VcsProvider, VcsShared,
 };
 use terrapod_shared::Settings;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use crate::archives;
-use crate::cache::{CycleCache, Freshness, RepoKey};
+use crate::cache::{ChangeKey, CycleCache, Freshness, RepoKey};
 use crate::metrics::PollerMetrics;
 use crate::store::{self, Recorded};
 
@@ -43,6 +44,8 @@ pub struct PollContext {
     /// Archive downloads in flight in this process (each streams to temporary files).
     pub downloads: Semaphore,
     pub readiness: terrapod_shared::health::ReadinessCache,
+    /// Changed files of comparisons and pull requests, shared by every workspace.
+    pub changes: crate::cache::ChangeCache,
 }
 
 impl PollContext {
@@ -556,6 +559,121 @@ impl<'a> Target<'a> {
         }
     }
 
+    /// A new head on the tracked branch: a run, unless file triggers say its changes
+    /// concern another part of the repository — then the last SHA still advances (in
+    /// one compare-and-set with the recorded reason), so nothing is compared twice.
+    async fn push(
+        &self,
+        conn: &mut AsyncPgConnection,
+        report: &mut PollReport,
+        branch: &BranchName,
+        head: &BranchHead,
+    ) -> Result<(), Stop> {
+        let previous = self.workspace.vcs_last_commit_sha.as_deref();
+        if previous == Some(head.sha.as_str()) {
+            return Ok(());
+        }
+        let base = previous.and_then(|sha| CommitSha::parse(sha).ok());
+        if let (true, Some(base)) = (self.workspace.file_triggers_enabled, base) {
+            let key = ChangeKey::Compare {
+                repo: self.key.clone(),
+                base: base.clone(),
+                head: head.sha.clone(),
+            };
+            let files = self.changed_files(key, || {
+                self.client.changed_files(&self.repo, &base, &head.sha)
+            });
+            if let Some(reason) = self.skip_reason(files.await) {
+                let message = format!(
+                    "commit {} on {}: {reason}",
+                    head.sha.short(),
+                    branch.as_str()
+                );
+                let advanced = store::advance_without_run(
+                    conn,
+                    self.workspace,
+                    base.as_str(),
+                    &head.sha,
+                    &message,
+                )
+                .await?;
+                return if advanced {
+                    tracing::info!(commit = %head.sha, "no run: {reason}");
+                    Ok(())
+                } else {
+                    Err(Stop::Superseded)
+                };
+            }
+        }
+        match archives::archive_for(self, conn, &head.sha).await? {
+            // The SHA is not advanced: the next poll tries again; nothing is lost.
+            Err(err) => {
+                if let Stop::Interrupted = Stop::provider(report, err) {
+                    return Err(Stop::Interrupted);
+                }
+            }
+            Ok(archive) => {
+                let trigger = VcsTrigger::Push {
+                    branch: branch.clone(),
+                    commit_title: head.title.clone(),
+                    previous_sha: self.workspace.vcs_last_commit_sha.clone(),
+                };
+                report.runs_created += self.record(conn, &head.sha, trigger, &archive).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Changed files, from this process's cache or fetched once for every poll that
+    /// needs them at the same time.
+    async fn changed_files<F, Fut>(
+        &self,
+        key: ChangeKey,
+        fetch: F,
+    ) -> Result<Arc<ChangedFiles>, Arc<VcsError>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<ChangedFiles, VcsError>>,
+    {
+        if let Some(known) = self.ctx.changes.get(&key) {
+            return Ok(known);
+        }
+        let fetched = self
+            .cache
+            .changes
+            .get_or_try_init(key.clone(), Freshness::TIMELESS, || async {
+                fetch().await.map(Arc::new)
+            })
+            .instrument(self.call_span("changed_files"))
+            .await
+            .map_err(Arc::new)?;
+        self.ctx.changes.insert(key, fetched.clone());
+        Ok(fetched)
+    }
+
+    /// Why a change gets no run, or `None` for a run. When the changed files cannot
+    /// be known (an error, a list the provider cut short), the run is created: a spare
+    /// plan is better than a missed change.
+    fn skip_reason(&self, files: Result<Arc<ChangedFiles>, Arc<VcsError>>) -> Option<&'static str> {
+        let files = match files {
+            Ok(files) => files,
+            Err(err) => {
+                tracing::warn!(error = %err, "changed files unknown: the run is created");
+                return None;
+            }
+        };
+        let ChangedFiles::Known(paths) = files.as_ref() else {
+            return None;
+        };
+        let rules = TriggerRules::new(
+            &self.workspace.working_directory,
+            &self.workspace.trigger_prefixes,
+            &self.workspace.trigger_patterns,
+        )
+        .ok()?;
+        (!rules.matches_any(paths)).then_some("no changed file matches the triggers")
+    }
+
     /// The branch head and the open PRs/MRs. A problem with one PR is reported and the
     /// others are still planned; a problem reaching the repository stops the poll.
     async fn check(
@@ -589,44 +707,99 @@ impl<'a> Target<'a> {
             }
         };
         let head = head.map_err(|err| Stop::provider(report, err))?;
-        if self.workspace.vcs_last_commit_sha.as_deref() != Some(head.sha.as_str()) {
-            match archives::archive_for(self, conn, &head.sha).await? {
-                // The SHA is not advanced: the next poll tries again; nothing is lost.
-                Err(err) => {
-                    if let Stop::Interrupted = Stop::provider(report, err) {
-                        return Err(Stop::Interrupted);
-                    }
-                }
-                Ok(archive) => {
-                    let trigger = VcsTrigger::Push {
-                        branch: branch_name.clone(),
-                        commit_title: head.title.clone(),
-                        previous_sha: self.workspace.vcs_last_commit_sha.clone(),
-                    };
-                    report.runs_created += self.record(conn, &head.sha, trigger, &archive).await?;
-                }
+        // The PR list keeps arriving while the head's archive is fetched and recorded.
+        let listed = async {
+            match pulls {
+                Some(listed) => listed,
+                None => pulls_request.await,
             }
-        }
-
-        let pulls = match pulls {
-            Some(listed) => listed,
-            None => pulls_request.await,
-        }
-        .map_err(|err| Stop::provider(report, err))?;
+        };
+        let (pushed, pulls) = tokio::join!(self.push(conn, report, &branch_name, &head), listed);
+        pushed?;
+        let pulls = pulls.map_err(|err| Stop::provider(report, err))?;
         for pull in pulls.iter() {
+            let sha = pull.head_sha.as_str();
             if pull.from_fork {
                 // Fork code would run with the workspace's credentials.
+                let skipped = format!(
+                    "pull request #{} at {}: from a fork, no run",
+                    pull.number,
+                    pull.head_sha.short()
+                );
+                if !store::skip_recorded(conn, &self.workspace.id, sha, Some(pull.number), "fork")
+                    .await?
+                {
+                    store::record_skip(
+                        conn,
+                        &self.workspace.id,
+                        sha,
+                        Some(pull.number),
+                        &skipped,
+                        "fork",
+                    )
+                    .await?;
+                }
                 continue;
             }
-            if store::pull_request_run_exists(
-                conn,
-                &self.workspace.id,
-                pull.number,
-                pull.head_sha.as_str(),
-            )
-            .await?
+            if !self.workspace.speculative_enabled {
+                let skipped = format!(
+                    "pull request #{} at {}: speculative plans are disabled",
+                    pull.number,
+                    pull.head_sha.short()
+                );
+                if !store::skip_recorded(
+                    conn,
+                    &self.workspace.id,
+                    sha,
+                    Some(pull.number),
+                    "speculative",
+                )
+                .await?
+                {
+                    store::record_skip(
+                        conn,
+                        &self.workspace.id,
+                        sha,
+                        Some(pull.number),
+                        &skipped,
+                        "speculative",
+                    )
+                    .await?;
+                }
+                continue;
+            }
+            if store::pull_request_run_exists(conn, &self.workspace.id, pull.number, sha).await?
+                || store::skip_recorded(conn, &self.workspace.id, sha, Some(pull.number), "files")
+                    .await?
             {
                 continue;
+            }
+            if self.workspace.file_triggers_enabled {
+                let key = ChangeKey::PullRequest {
+                    repo: self.key.clone(),
+                    number: pull.number,
+                    head: pull.head_sha.clone(),
+                };
+                let files = self.changed_files(key, || {
+                    self.client.pull_request_files(&self.repo, pull.number)
+                });
+                if let Some(reason) = self.skip_reason(files.await) {
+                    let skipped = format!(
+                        "pull request #{} at {}: {reason}",
+                        pull.number,
+                        pull.head_sha.short()
+                    );
+                    store::record_skip(
+                        conn,
+                        &self.workspace.id,
+                        sha,
+                        Some(pull.number),
+                        &skipped,
+                        "files",
+                    )
+                    .await?;
+                    continue;
+                }
             }
             let archive = match archives::archive_for(self, conn, &pull.head_sha).await? {
                 Ok(archive) => archive,

@@ -8,7 +8,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use terrapod_shared::archives::StoredArchive;
 use terrapod_shared::db::models::{VcsConnection, Workspace};
 use terrapod_shared::db::schema::{
-    commit_archives, configuration_archives, runs, vcs_connections, workspaces,
+    commit_archives, configuration_archives, runs, vcs_connections, vcs_events, workspaces,
 };
 use terrapod_shared::domain::{CommitSha, Provider, TriggerReason};
 use terrapod_shared::ids::{VcsConnectionId, WorkspaceId};
@@ -495,6 +495,81 @@ pub async fn remember_refusal(
         .execute(conn)
         .await
         .map(drop)
+}
+
+/// The key that makes a decision about one head recorded once.
+fn decision_key(commit_sha: &str, pull_request: Option<i64>, what: &str) -> String {
+    match pull_request {
+        Some(number) => format!("{what}:pr-{number}:{commit_sha}"),
+        None => format!("{what}:push:{commit_sha}"),
+    }
+}
+
+/// Records, once per head, that a change got no run and why (the event log).
+pub async fn record_skip(
+    conn: &mut AsyncPgConnection,
+    workspace: &WorkspaceId,
+    commit_sha: &str,
+    pull_request: Option<i64>,
+    message: &str,
+    what: &str,
+) -> QueryResult<()> {
+    diesel::insert_into(vcs_events::table)
+        .values((
+            vcs_events::workspace_id.eq(workspace),
+            vcs_events::kind.eq("run_skipped"),
+            vcs_events::commit_sha.eq(commit_sha),
+            vcs_events::pull_request_number.eq(pull_request),
+            vcs_events::message.eq(message),
+            vcs_events::dedup_key.eq(decision_key(commit_sha, pull_request, what)),
+        ))
+        .on_conflict_do_nothing()
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+/// Whether a decision not to run this head was recorded already.
+pub async fn skip_recorded(
+    conn: &mut AsyncPgConnection,
+    workspace: &WorkspaceId,
+    commit_sha: &str,
+    pull_request: Option<i64>,
+    what: &str,
+) -> QueryResult<bool> {
+    diesel::select(diesel::dsl::exists(
+        vcs_events::table
+            .filter(vcs_events::workspace_id.eq(workspace))
+            .filter(vcs_events::dedup_key.eq(decision_key(commit_sha, pull_request, what))),
+    ))
+    .get_result(conn)
+    .await
+}
+
+/// Advances the last SHA to `head` without a run (its changes concern other files),
+/// if it is still `previous` under the settings the poll read, recording why in the
+/// same transaction. False when another poll or a PATCH got there first.
+pub async fn advance_without_run(
+    conn: &mut AsyncPgConnection,
+    workspace: &Workspace,
+    previous: &str,
+    head: &CommitSha,
+    message: &str,
+) -> QueryResult<bool> {
+    use diesel_async::AsyncConnection;
+    conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+        let advanced = diesel::update(workspaces::table.find(&workspace.id))
+            .filter(workspaces::vcs_settings_generation.eq(workspace.vcs_settings_generation))
+            .filter(workspaces::vcs_last_commit_sha.eq(previous))
+            .set(workspaces::vcs_last_commit_sha.eq(head.as_str()))
+            .execute(conn)
+            .await?;
+        if advanced == 1 {
+            record_skip(conn, &workspace.id, head.as_str(), None, message, "files").await?;
+        }
+        Ok(advanced == 1)
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ pub mod queue;
 pub mod runs;
 pub mod telemetry;
 pub mod tokens;
+pub mod triggers;
 pub mod vcs;
 
 pub use config::Settings;

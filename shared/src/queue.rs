@@ -157,6 +157,9 @@ pub struct Publisher {
     name: String,
     timeout: Duration,
     state: Mutex<Option<(Connection, Channel)>>,
+    /// The connection's state as last seen, for readers that must not wait while a
+    /// connect or publish holds `state` (up to the timeout with a silent broker).
+    last_seen_connected: std::sync::atomic::AtomicBool,
 }
 
 impl Publisher {
@@ -166,6 +169,7 @@ impl Publisher {
             name: name.to_owned(),
             timeout: Duration::from_secs(5),
             state: Mutex::new(None),
+            last_seen_connected: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -227,7 +231,7 @@ impl Publisher {
             }
             result
         };
-        match tokio::time::timeout(self.timeout, attempt).await {
+        let result = match tokio::time::timeout(self.timeout, attempt).await {
             Ok(result) => result,
             Err(_) => {
                 // The connection may be wedged; start over next time.
@@ -236,18 +240,26 @@ impl Publisher {
                 }
                 Err(QueueError::Timeout(self.timeout))
             }
-        }
+        };
+        self.last_seen_connected
+            .store(result.is_ok(), std::sync::atomic::Ordering::Relaxed);
+        result
     }
 
-    /// True when a confirm channel is open right now.
-    pub async fn is_connected(&self) -> bool {
-        self.state
-            .lock()
-            .await
-            .as_ref()
-            .is_some_and(|(connection, channel)| {
-                connection.status().connected() && channel.status().connected()
-            })
+    /// True when a confirm channel is open. Never waits: while a connect or publish
+    /// is under way, the state last seen is the answer.
+    pub fn is_connected(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        match self.state.try_lock() {
+            Ok(state) => {
+                let connected = state.as_ref().is_some_and(|(connection, channel)| {
+                    connection.status().connected() && channel.status().connected()
+                });
+                self.last_seen_connected.store(connected, Ordering::Relaxed);
+                connected
+            }
+            Err(_) => self.last_seen_connected.load(Ordering::Relaxed),
+        }
     }
 
     /// Opens the confirm channel if it is not open (within the publish timeout).
@@ -262,9 +274,12 @@ impl Publisher {
             }
             Ok(())
         };
-        tokio::time::timeout(self.timeout, attempt)
+        let result = tokio::time::timeout(self.timeout, attempt)
             .await
-            .unwrap_or(Err(QueueError::Timeout(self.timeout)))
+            .unwrap_or(Err(QueueError::Timeout(self.timeout)));
+        self.last_seen_connected
+            .store(result.is_ok(), std::sync::atomic::Ordering::Relaxed);
+        result
     }
 }
 

@@ -88,22 +88,24 @@ pub async fn ensure_bootstrap(
             ))
             .execute(conn)
             .await?;
+        let (own_id, revoked): (i64, Option<DateTime<Utc>>) = api_tokens::table
+            .filter(api_tokens::token_sha256.eq(&digest))
+            .select((api_tokens::id, api_tokens::revoked_at))
+            .first(conn)
+            .await?;
+        if revoked.is_some() {
+            return Ok(Bootstrap::Revoked);
+        }
+        // Only older bootstrap tokens: a replica still configured with an earlier
+        // token (a rolling update, a rollback) must not revoke the newer one.
         let replaced = diesel::update(api_tokens::table)
             .filter(api_tokens::bootstrap)
-            .filter(api_tokens::token_sha256.ne(&digest))
+            .filter(api_tokens::id.lt(own_id))
             .filter(api_tokens::revoked_at.is_null())
             .set(api_tokens::revoked_at.eq(diesel::dsl::now))
             .execute(conn)
             .await?;
-        let revoked: Option<DateTime<Utc>> = api_tokens::table
-            .filter(api_tokens::token_sha256.eq(&digest))
-            .select(api_tokens::revoked_at)
-            .first(conn)
-            .await?;
-        Ok(match revoked {
-            Some(_) => Bootstrap::Revoked,
-            None => Bootstrap::Active { replaced },
-        })
+        Ok(Bootstrap::Active { replaced })
     })
     .await
 }

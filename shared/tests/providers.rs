@@ -694,14 +694,28 @@ async fn a_gitlab_redirect_to_another_origin_never_gets_the_token() {
         redirect_to: Some(format!("{}/steal", elsewhere.url())),
         ..Fault::matching("/repository/branches/")
     });
-    // Whatever the other host answers, it is not the branch: the poll fails...
-    gitlab
+    // An API answer pointing elsewhere is refused: the other host is never asked.
+    let err = gitlab
         .branch_head(&gitlab_repo("platform/core"), "main")
         .await
         .unwrap_err();
-    // ...and the hop itself carried no PRIVATE-TOKEN.
+    assert!(err.to_string().contains("another origin"), "{err}");
+    assert!(elsewhere.heads().is_empty());
+    // An archive may be downloaded elsewhere, but without the token.
+    let sha = sim.sim().repos.values().next().unwrap().branches["main"].clone();
+    sim.inject_fault(Fault {
+        redirect_to: Some(format!("{}/archive.tar.gz", elsewhere.url())),
+        ..Fault::matching("/repository/archive")
+    });
+    let _ = gitlab
+        .download_archive(
+            &gitlab_repo("platform/core"),
+            &terrapod_shared::domain::CommitSha::parse(&sha).unwrap(),
+            LIMITS,
+        )
+        .await;
     let heads = elsewhere.heads();
-    assert_eq!(heads.len(), 1, "the redirect was followed once: {heads:?}");
+    assert_eq!(heads.len(), 1, "{heads:?}");
     assert!(!carries_credentials(&heads), "{heads:?}");
 }
 

@@ -222,4 +222,51 @@ impl GitRepo {
             })
             .collect()
     }
+
+    /// What changed from the merge base of `base` and `head` to `head` — what GitHub's
+    /// `base...head` compare and a pull request's files list — renames detected.
+    pub fn changed_files(&self, base: &str, head: &str) -> Result<Vec<ChangedPath>, GitError> {
+        let listing = run(
+            &self.dir,
+            &[
+                "diff",
+                "--name-status",
+                "-z",
+                "-M",
+                &format!("{base}...{head}"),
+            ],
+            &[],
+            None,
+        )?;
+        let mut fields = listing.split('\0').filter(|f| !f.is_empty());
+        let mut changes = Vec::new();
+        while let Some(status) = fields.next() {
+            let kind = status.chars().next().unwrap_or('M');
+            let first = fields.next().unwrap_or_default().to_owned();
+            let change = if matches!(kind, 'R' | 'C') {
+                ChangedPath {
+                    kind,
+                    path: fields.next().unwrap_or_default().to_owned(),
+                    previous: Some(first),
+                }
+            } else {
+                ChangedPath {
+                    kind,
+                    path: first,
+                    previous: None,
+                }
+            };
+            changes.push(change);
+        }
+        Ok(changes)
+    }
+}
+
+/// One changed file: git's status letter (`A`, `M`, `D`, `R`, ...), its path, and for
+/// a rename or copy the path it had before.
+#[derive(Debug, Clone)]
+pub struct ChangedPath {
+    pub kind: char,
+    pub path: String,
+    pub previous: Option<String>,
 }

@@ -200,6 +200,11 @@ impl Simulator {
         ops::inject_fault(&mut self.sim(), fault);
     }
 
+    /// Removes every injected fault not used up yet.
+    pub fn clear_faults(&self) {
+        self.sim().faults.clear();
+    }
+
     /// Every provider answer takes `fixed_ms` plus up to `jitter_ms` from now on.
     pub fn set_latency(&self, fixed_ms: u64, jitter_ms: u64) {
         self.sim().latency = Latency {
@@ -227,6 +232,17 @@ impl Simulator {
 
     pub fn override_archive(&self, kind: Kind, path: &str, sha: &str, bytes: Vec<u8>) {
         ops::override_archive(&mut self.sim(), kind, path, sha, bytes).expect("archive override");
+    }
+
+    /// Makes the repository forget a commit (as after a force-push and garbage
+    /// collection): comparisons from it answer 404.
+    pub fn forget_commit(&self, kind: Kind, path: &str, sha: &str) {
+        let mut sim = self.sim();
+        let repo = sim
+            .repos
+            .get_mut(&state::key(kind, path))
+            .expect("repository exists");
+        repo.commits.remove(sha);
     }
 
     pub async fn stop(&self) {

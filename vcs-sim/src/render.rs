@@ -4,6 +4,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
 
+use crate::git::ChangedPath;
 use crate::state::{Commit, Pull, PullState, Repo};
 
 fn ts(at: DateTime<Utc>) -> String {
@@ -92,25 +93,31 @@ pub fn github_repo(base: &str, repo: &Repo) -> Value {
     value
 }
 
-pub fn github_branch(base: &str, repo: &Repo, branch: &str, commit: &Commit) -> Value {
+/// A commit as GitHub's REST API renders it (the `commit` schema).
+pub fn github_commit(base: &str, repo: &Repo, commit: &Commit) -> Value {
     let url = format!("{base}/repos/{}", repo.full_path());
     let signature = json!({"name": "Terrapod Simulator", "email": "sim@terrapod.invalid", "date": ts(commit.at)});
     json!({
-        "name": branch,
+        "sha": commit.sha, "node_id": format!("C_{}", commit.sha),
         "commit": {
-            "sha": commit.sha, "node_id": format!("C_{}", commit.sha),
-            "commit": {
-                "author": signature, "committer": signature, "message": commit.message,
-                "tree": {"sha": commit.sha, "url": format!("{url}/git/trees/{}", commit.sha)},
-                "url": format!("{url}/git/commits/{}", commit.sha), "comment_count": 0,
-                "verification": {"verified": false, "reason": "unsigned", "signature": null, "payload": null, "verified_at": null},
-            },
-            "url": format!("{url}/commits/{}", commit.sha),
-            "html_url": format!("{base}/{}/commit/{}", repo.full_path(), commit.sha),
-            "comments_url": format!("{url}/commits/{}/comments", commit.sha),
-            "author": null, "committer": null,
-            "parents": commit.parent.iter().map(|p| json!({"sha": p, "url": format!("{url}/commits/{p}"), "html_url": format!("{base}/{}/commit/{p}", repo.full_path())})).collect::<Vec<_>>(),
+            "author": signature, "committer": signature, "message": commit.message,
+            "tree": {"sha": commit.sha, "url": format!("{url}/git/trees/{}", commit.sha)},
+            "url": format!("{url}/git/commits/{}", commit.sha), "comment_count": 0,
+            "verification": {"verified": false, "reason": "unsigned", "signature": null, "payload": null, "verified_at": null},
         },
+        "url": format!("{url}/commits/{}", commit.sha),
+        "html_url": format!("{base}/{}/commit/{}", repo.full_path(), commit.sha),
+        "comments_url": format!("{url}/commits/{}/comments", commit.sha),
+        "author": null, "committer": null,
+        "parents": commit.parent.iter().map(|p| json!({"sha": p, "url": format!("{url}/commits/{p}"), "html_url": format!("{base}/{}/commit/{p}", repo.full_path())})).collect::<Vec<_>>(),
+    })
+}
+
+pub fn github_branch(base: &str, repo: &Repo, branch: &str, commit: &Commit) -> Value {
+    let url = format!("{base}/repos/{}", repo.full_path());
+    json!({
+        "name": branch,
+        "commit": github_commit(base, repo, commit),
         "_links": {"self": format!("{url}/branches/{branch}"), "html": format!("{base}/{}/tree/{branch}", repo.full_path())},
         "protected": false,
         "protection": {"enabled": false, "required_status_checks": {"enforcement_level": "off", "contexts": [], "checks": []}},
@@ -242,4 +249,38 @@ pub fn gitlab_user(base: &str) -> Value {
         "avatar_url": null, "web_url": format!("{base}/terrapod-bot"), "created_at": "2026-01-01T00:00:00Z",
         "bot": true, "public_email": null, "bio": "", "location": "", "organization": "", "job_title": "",
         "linkedin": "", "skype": "", "twitter": "", "website_url": "", "followers": 0, "following": 0})
+}
+
+/// A changed file as GitHub lists it in a comparison or a pull request (`diff-entry`).
+pub fn github_diff_entry(base: &str, repo: &Repo, head_sha: &str, change: &ChangedPath) -> Value {
+    let status = match change.kind {
+        'A' => "added",
+        'D' => "removed",
+        'R' => "renamed",
+        'C' => "copied",
+        'M' => "modified",
+        _ => "changed",
+    };
+    let mut entry = json!({
+        "sha": head_sha, "filename": change.path, "status": status,
+        "additions": 0, "deletions": 0, "changes": 0,
+        "blob_url": format!("{base}/{}/blob/{head_sha}/{}", repo.full_path(), change.path),
+        "raw_url": format!("{base}/{}/raw/{head_sha}/{}", repo.full_path(), change.path),
+        "contents_url": format!("{base}/repos/{}/contents/{}?ref={head_sha}", repo.full_path(), change.path),
+    });
+    if let Some(previous) = &change.previous {
+        entry["previous_filename"] = json!(previous);
+    }
+    entry
+}
+
+/// A changed file as GitLab lists it in a comparison or a merge request's diffs.
+pub fn gitlab_diff(change: &ChangedPath) -> Value {
+    json!({
+        "old_path": change.previous.as_deref().unwrap_or(&change.path),
+        "new_path": change.path,
+        "a_mode": "100644", "b_mode": "100644", "diff": "",
+        "new_file": change.kind == 'A', "renamed_file": change.kind == 'R',
+        "deleted_file": change.kind == 'D', "generated_file": false,
+    })
 }

@@ -490,6 +490,10 @@ fn github(req: &HttpRequest, path: &str, ctx: &Context) -> HttpResponse {
                     render::github_branch(base, repo, &branch, commit)
                 }
                 ["pulls"] => return github_pulls(req, &mut sim, &full, base),
+                ["compare", spec] => return github_compare(req, &mut sim, &full, base, spec),
+                ["pulls", number, "files"] => {
+                    return github_pull_files(req, &mut sim, &full, base, number)
+                }
                 ["tarball", reference @ ..] if !reference.is_empty() => {
                     let reference = reference.join("/");
                     let sha = repo.branches.get(&reference).cloned().unwrap_or(reference);
@@ -622,6 +626,196 @@ fn github_pulls(req: &HttpRequest, sim: &mut Sim, full: &str, base: &str) -> Htt
     conditional_json(req, sim, Kind::Github, &value, response)
 }
 
+/// GitHub lists at most this many files of a comparison, and of a pull request.
+const GITHUB_COMPARE_MAX_FILES: usize = 300;
+const GITHUB_PULL_MAX_FILES: usize = 3000;
+
+/// A branch name or a known commit of `repo`, as a SHA.
+fn resolve_ref(repo: &Repo, reference: &str) -> Option<String> {
+    repo.branches.get(reference).cloned().or_else(|| {
+        repo.commits
+            .contains_key(reference)
+            .then(|| reference.to_owned())
+    })
+}
+
+/// The commits after `from` up to `to`, oldest first (following first parents).
+fn commits_between<'a>(repo: &'a Repo, from: &str, to: &str) -> Vec<&'a crate::state::Commit> {
+    let mut commits = Vec::new();
+    let mut at = Some(to.to_owned());
+    while let Some(sha) = at {
+        if sha == from || commits.len() >= 250 {
+            break;
+        }
+        let Some(commit) = repo.commit(&sha) else {
+            break;
+        };
+        commits.push(commit);
+        at = commit.parent.clone();
+    }
+    commits.reverse();
+    commits
+}
+
+/// `GET /repos/{owner}/{repo}/compare/{base}...{head}`: 404 when either end is not a
+/// commit the repository has (a base lost to a force-push and garbage collection).
+fn github_compare(
+    req: &HttpRequest,
+    sim: &mut Sim,
+    full: &str,
+    base: &str,
+    spec: &str,
+) -> HttpResponse {
+    sim.stats(Kind::Github).change_lists += 1;
+    let not_found = || github_error(StatusCode::NOT_FOUND, "Not Found");
+    let value = {
+        let repo = &sim.repos[&key(Kind::Github, full)];
+        let Some((from, to)) = spec.split_once("...") else {
+            return not_found();
+        };
+        let (Some(from), Some(to)) = (resolve_ref(repo, from), resolve_ref(repo, to)) else {
+            return not_found();
+        };
+        let Ok(changes) = repo.git.changed_files(&from, &to) else {
+            return not_found();
+        };
+        let commits = commits_between(repo, &from, &to);
+        let base_commit = render::github_commit(base, repo, &repo.commits[&from]);
+        let url = format!("{base}/repos/{full}");
+        json!({
+            "url": format!("{url}/compare/{spec}"),
+            "html_url": format!("{base}/{full}/compare/{spec}"),
+            "permalink_url": format!("{base}/{full}/compare/{from}...{to}"),
+            "diff_url": format!("{base}/{full}/compare/{spec}.diff"),
+            "patch_url": format!("{base}/{full}/compare/{spec}.patch"),
+            "base_commit": base_commit.clone(),
+            "merge_base_commit": base_commit,
+            "status": if commits.is_empty() { "identical" } else { "ahead" },
+            "ahead_by": commits.len(), "behind_by": 0, "total_commits": commits.len(),
+            "commits": commits.iter().map(|c| render::github_commit(base, repo, c)).collect::<Vec<_>>(),
+            "files": changes.iter().take(GITHUB_COMPARE_MAX_FILES)
+                .map(|c| render::github_diff_entry(base, repo, &to, c)).collect::<Vec<_>>(),
+        })
+    };
+    conditional_json(req, sim, Kind::Github, &value, HttpResponse::Ok())
+}
+
+/// The changed files of pull/merge request `number` of `full` (base branch tip to head).
+fn pull_changes(
+    sim: &Sim,
+    kind: Kind,
+    full: &str,
+    number: &str,
+) -> Option<(Vec<crate::git::ChangedPath>, String)> {
+    let repo = &sim.repos[&key(kind, full)];
+    let pull = repo.pulls.iter().find(|p| p.number.to_string() == number)?;
+    let (_, head) = head_sha(sim, kind, pull)?;
+    let base_tip = repo.branches.get(&pull.base_branch)?;
+    // A fork's head is not in this repository: the simulator lists no files for it.
+    let changes = repo.git.changed_files(base_tip, &head).unwrap_or_default();
+    Some((changes, head))
+}
+
+/// `GET /repos/{owner}/{repo}/pulls/{number}/files`, paginated, at most 3,000 files.
+fn github_pull_files(
+    req: &HttpRequest,
+    sim: &mut Sim,
+    full: &str,
+    base: &str,
+    number: &str,
+) -> HttpResponse {
+    sim.stats(Kind::Github).change_lists += 1;
+    let Some((changes, head)) = pull_changes(sim, Kind::Github, full, number) else {
+        return github_error(StatusCode::NOT_FOUND, "Not Found");
+    };
+    let (per_page, page) = (per_page(req, 30), page(req));
+    let listed = changes.len().min(GITHUB_PULL_MAX_FILES);
+    let items: Vec<Value> = {
+        let repo = &sim.repos[&key(Kind::Github, full)];
+        changes[..listed]
+            .iter()
+            .skip((page - 1) * per_page)
+            .take(per_page)
+            .map(|c| render::github_diff_entry(base, repo, &head, c))
+            .collect()
+    };
+    let last = listed.div_ceil(per_page).max(1);
+    let mut response = HttpResponse::Ok();
+    if page < last {
+        let link = |n: usize, rel: &str| {
+            format!("<{base}/repos/{full}/pulls/{number}/files?per_page={per_page}&page={n}>; rel=\"{rel}\"")
+        };
+        response.insert_header((
+            "Link",
+            format!("{}, {}", link(page + 1, "next"), link(last, "last")),
+        ));
+    }
+    conditional_json(req, sim, Kind::Github, &Value::Array(items), response)
+}
+
+/// `GET /projects/:id/repository/compare?from=&to=`.
+fn gitlab_compare(req: &HttpRequest, sim: &mut Sim, full: &str, base: &str) -> HttpResponse {
+    sim.stats(Kind::Gitlab).change_lists += 1;
+    let pairs = query(req);
+    let value = {
+        let repo = &sim.repos[&key(Kind::Gitlab, full)];
+        let ends = (
+            param(&pairs, "from").and_then(|r| resolve_ref(repo, &r)),
+            param(&pairs, "to").and_then(|r| resolve_ref(repo, &r)),
+        );
+        let (Some(from), Some(to)) = ends else {
+            return gitlab_error(StatusCode::NOT_FOUND, "404 Ref Not Found");
+        };
+        let Ok(changes) = repo.git.changed_files(&from, &to) else {
+            return gitlab_error(StatusCode::NOT_FOUND, "404 Ref Not Found");
+        };
+        let commits = commits_between(repo, &from, &to);
+        json!({
+            "commit": commits.last().map(|c| render::gitlab_commit(base, repo, c)),
+            "commits": commits.iter().map(|c| render::gitlab_commit(base, repo, c)).collect::<Vec<_>>(),
+            "diffs": changes.iter().map(render::gitlab_diff).collect::<Vec<_>>(),
+            "compare_timeout": false,
+            "compare_same_ref": from == to,
+            "web_url": format!("{base}/{full}/-/compare/{from}...{to}"),
+        })
+    };
+    conditional_json(req, sim, Kind::Gitlab, &value, HttpResponse::Ok())
+}
+
+/// `GET /projects/:id/merge_requests/:iid/diffs`, paginated like every GitLab list.
+fn gitlab_merge_request_diffs(
+    req: &HttpRequest,
+    sim: &mut Sim,
+    full: &str,
+    iid: &str,
+) -> HttpResponse {
+    sim.stats(Kind::Gitlab).change_lists += 1;
+    let Some((changes, _)) = pull_changes(sim, Kind::Gitlab, full, iid) else {
+        return gitlab_error(StatusCode::NOT_FOUND, "404 Not found");
+    };
+    let (per_page, page) = (per_page(req, 20), page(req));
+    let items: Vec<Value> = changes
+        .iter()
+        .skip((page - 1) * per_page)
+        .take(per_page)
+        .map(render::gitlab_diff)
+        .collect();
+    let total_pages = changes.len().div_ceil(per_page).max(1);
+    let mut response = HttpResponse::Ok();
+    let next = if page < total_pages {
+        (page + 1).to_string()
+    } else {
+        String::new()
+    };
+    response
+        .insert_header(("X-Page", page.to_string()))
+        .insert_header(("X-Per-Page", per_page.to_string()))
+        .insert_header(("X-Next-Page", next))
+        .insert_header(("X-Total", changes.len().to_string()))
+        .insert_header(("X-Total-Pages", total_pages.to_string()));
+    conditional_json(req, sim, Kind::Gitlab, &Value::Array(items), response)
+}
+
 fn encode(value: &str) -> String {
     percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
@@ -739,6 +933,12 @@ fn gitlab(req: &HttpRequest, path: &str, ctx: &Context) -> Answer {
                 }
                 ["merge_requests"] => {
                     return gitlab_merge_requests(req, &mut sim, &full, base).into()
+                }
+                ["repository", "compare"] => {
+                    return gitlab_compare(req, &mut sim, &full, base).into()
+                }
+                ["merge_requests", iid, "diffs"] => {
+                    return gitlab_merge_request_diffs(req, &mut sim, &full, iid).into()
                 }
                 ["repository", "archive.tar.gz"] | ["repository", "archive"] => {
                     let reference =

@@ -171,6 +171,8 @@ pub struct Stats {
     pub not_modified: u64,
     pub tokens_minted: u64,
     pub archives: u64,
+    /// Comparisons and pull/merge request file lists served.
+    pub change_lists: u64,
     pub errors: u64,
     /// Requests refused for GitHub's secondary rate limits (403 with `Retry-After`).
     pub secondary_limited: u64,

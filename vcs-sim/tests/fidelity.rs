@@ -172,6 +172,16 @@ async fn github_responses_validate_against_githubs_openapi_description() {
             "/installation/repositories",
             "installation repositories",
         ),
+        (
+            "/repos/acme/infra/compare/main...feature",
+            "/repos/{owner}/{repo}/compare/{basehead}",
+            "comparison",
+        ),
+        (
+            "/repos/acme/infra/pulls/1/files?per_page=100",
+            "/repos/{owner}/{repo}/pulls/{pull_number}/files",
+            "pull request files",
+        ),
     ] {
         let response = client
             .get(format!("{}{path}", sim.url()))
@@ -195,6 +205,14 @@ async fn github_responses_validate_against_githubs_openapi_description() {
         let body: Value = response.json().await.unwrap();
         if what == "pull request list" {
             assert_eq!(body.as_array().unwrap().len(), 1);
+        }
+        if what == "comparison" {
+            assert_eq!(body["files"][0]["filename"], "a.tf");
+            assert_eq!(body["ahead_by"], 1);
+        }
+        if what == "pull request files" {
+            assert_eq!(body[0]["filename"], "a.tf");
+            assert_eq!(body[0]["status"], "added");
         }
         if what == "repository" {
             // The check has teeth: a repository without its full name is refused.
@@ -278,6 +296,27 @@ async fn gitlab_responses_carry_the_fields_of_recorded_real_responses() {
         &recorded("get_merge_requests.json"),
         &merge_requests,
         "merge_requests",
+    );
+    // go-gitlab records no comparison or MR diffs: their fields are checked against
+    // the fields go-gitlab decodes (its `Compare` and `Diff` structs).
+    let compare =
+        get("projects/group%2Fproject/repository/compare?from=main&to=feature&straight=false")
+            .await;
+    assert_same_fields(
+        &json!({"commit": {"id": "", "title": ""}, "commits": [{"id": ""}], "diffs": [{
+            "old_path": "", "new_path": "", "a_mode": "", "b_mode": "", "diff": "",
+            "new_file": false, "renamed_file": false, "deleted_file": false}],
+            "compare_timeout": false, "compare_same_ref": false, "web_url": ""}),
+        &compare,
+        "compare",
+    );
+    assert_eq!(compare["diffs"][0]["new_path"], "a.tf");
+    let diffs = get("projects/group%2Fproject/merge_requests/1/diffs?per_page=100").await;
+    assert_same_fields(
+        &json!([{"old_path": "", "new_path": "", "a_mode": "", "b_mode": "", "diff": "",
+            "new_file": false, "renamed_file": false, "deleted_file": false, "generated_file": false}]),
+        &diffs,
+        "merge request diffs",
     );
     let user = get("user").await;
     assert_same_fields(&recorded("get_user.json"), &user, "user");

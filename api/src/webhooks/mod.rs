@@ -194,7 +194,9 @@ async fn receive(
             ));
         }
     }
-    let body = read_webhook_body(state, req, payload).await?;
+    // GitLab's delivery is authenticated already; only strangers' bodies share the
+    // bounded bytes in flight, so they cannot hold GitLab's deliveries back.
+    let body = read_webhook_body(state, req, payload, matches!(hook, Hook::GitHub)).await?;
     if let Hook::GitHub = hook {
         let signature = header(req, "x-hub-signature-256");
         if !verify::github_signature_is_valid(secret.expose_secret(), &body, signature) {
@@ -227,6 +229,7 @@ async fn read_webhook_body(
     state: &AppState,
     req: &HttpRequest,
     payload: web::Payload,
+    bounded: bool,
 ) -> Result<web::Bytes, ApiError> {
     let declared = req
         .headers()
@@ -239,14 +242,11 @@ async fn read_webhook_body(
         )));
     }
     let reserve = u32::try_from(declared.unwrap_or(MAX_WEBHOOK_BYTES).max(1)).unwrap_or(u32::MAX);
-    let _permit = tokio::time::timeout(BYTES_WAIT, state.webhook_bytes.acquire_many(reserve))
-        .await
-        .map_err(|_| {
-            ApiError::Unavailable(
-                "too many webhook deliveries are being read; retry shortly".into(),
-            )
-        })?
-        .expect("the semaphore is never closed");
+    let _permit = if bounded {
+        Some(reserve_bytes(&state.webhook_bytes, reserve).await?)
+    } else {
+        None
+    };
     let mut payload = payload.into_inner();
     let timeout = state.settings.webhook_body_timeout;
     tokio::time::timeout(timeout, read_body(req, &mut payload, MAX_WEBHOOK_BYTES))
@@ -257,6 +257,28 @@ async fn read_webhook_body(
                 timeout.as_secs()
             ))
         })?
+}
+
+/// Takes `bytes` of the webhook bytes in flight, waiting at most [`BYTES_WAIT`]. Not
+/// a queue: a large request waiting for room does not hold smaller ones back.
+async fn reserve_bytes(
+    bytes_in_flight: &tokio::sync::Semaphore,
+    bytes: u32,
+) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+    let deadline = tokio::time::Instant::now() + BYTES_WAIT;
+    loop {
+        match bytes_in_flight.try_acquire_many(bytes) {
+            Ok(permit) => return Ok(permit),
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(_) => {
+                return Err(ApiError::Unavailable(
+                    "too many webhook deliveries are being read; retry shortly".into(),
+                ))
+            }
+        }
+    }
 }
 
 /// Queues one poll per matching workspace, once per delivery id. No database

@@ -20,13 +20,25 @@ async fn healthz_and_readyz_answer_without_auth_when_dependencies_are_up() {
         .await;
     assert_eq!(health.status(), 200);
     assert_eq!(health.json::<Value>().await.unwrap()["status"], "healthy");
-    let ready = app
-        .request(reqwest::Method::GET, "/readyz", None, None)
-        .await;
-    assert_eq!(ready.status(), 200);
-    let body: Value = ready.json().await.unwrap();
-    assert_eq!(body["checks"]["database"], "ok");
-    assert_eq!(body["checks"]["rabbitmq"], "ok");
+    // The broker connection opens in the background just after start: `ready` follows.
+    let started = std::time::Instant::now();
+    loop {
+        let ready = app
+            .request(reqwest::Method::GET, "/readyz", None, None)
+            .await;
+        assert_eq!(ready.status(), 200);
+        let body: Value = ready.json().await.unwrap();
+        assert_eq!(body["checks"]["database"], "ok");
+        if body["status"] == "ready" {
+            assert_eq!(body["checks"]["rabbitmq"], "ok");
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
 }
 
 #[tokio::test]

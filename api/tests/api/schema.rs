@@ -47,3 +47,48 @@ async fn every_migration_reverts_and_reapplies_cleanly() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workspaces_that_existed_before_file_triggers_keep_running_every_commit() {
+    use diesel_async::AsyncConnection;
+    let db = TestDatabase::new().await;
+    // Back to just before file triggers, a workspace as it was, then forward again.
+    let conn = diesel_async::AsyncPgConnection::establish(db.url())
+        .await
+        .unwrap();
+    tokio::task::spawn_blocking(move || {
+        let mut harness = diesel_async::AsyncMigrationHarness::new(conn);
+        harness.revert_last_migration(MIGRATIONS).unwrap();
+        let mut conn = harness.into_inner();
+        tokio::runtime::Handle::current().block_on(async {
+            diesel::sql_query(
+                "INSERT INTO workspaces (id, organization_name, name, execution_mode) VALUES ('ws-beforetriggers1', 'default', 'old', 'remote')",
+            )
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        });
+        diesel_async::AsyncMigrationHarness::new(conn)
+            .run_pending_migrations(MIGRATIONS)
+            .unwrap();
+    })
+    .await
+    .unwrap();
+    let mut conn = diesel_async::AsyncPgConnection::establish(db.url())
+        .await
+        .unwrap();
+    #[derive(QueryableByName)]
+    struct Flags {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        file_triggers_enabled: bool,
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        speculative_enabled: bool,
+    }
+    let flags: Flags = diesel::sql_query(
+        "SELECT file_triggers_enabled, speculative_enabled FROM workspaces WHERE id = 'ws-beforetriggers1'",
+    )
+    .get_result(&mut conn)
+    .await
+    .unwrap();
+    assert!(!flags.file_triggers_enabled && flags.speculative_enabled);
+}

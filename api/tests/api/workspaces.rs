@@ -341,3 +341,82 @@ async fn document_shape_errors_have_their_own_statuses() {
     huge.extend(b"\"}}}");
     assert_error(raw(&huge).await, 413).await;
 }
+
+#[tokio::test]
+async fn file_trigger_settings_have_defaults_round_trip_and_refuse_bad_values() {
+    let app = spawn_app().await;
+    let response = app.post(PATH, &workspace(json!({"name": "mono"}))).await;
+    assert_eq!(response.status(), 201);
+    let body: Value = response.json().await.unwrap();
+    let attrs = &body["data"]["attributes"];
+    assert_eq!(
+        attrs["file-triggers-enabled"], true,
+        "new workspaces filter"
+    );
+    assert_eq!(attrs["trigger-prefixes"], json!([]));
+    assert_eq!(attrs["trigger-patterns"], json!([]));
+    assert_eq!(attrs["speculative-enabled"], true);
+    assert_eq!(attrs["vcs-tags-regex"], Value::Null);
+    let path = format!(
+        "/api/v2/workspaces/{}",
+        body["data"]["id"].as_str().unwrap()
+    );
+
+    let patched = app
+        .patch(
+            &path,
+            &workspace(json!({"trigger-prefixes": ["./modules/", "shared"], "speculative-enabled": false, "file-triggers-enabled": false})),
+        )
+        .await;
+    assert_eq!(patched.status(), 200);
+    let patched: Value = patched.json().await.unwrap();
+    let attrs = &patched["data"]["attributes"];
+    assert_eq!(attrs["trigger-prefixes"], json!(["modules", "shared"]));
+    assert_eq!(attrs["speculative-enabled"], false);
+    assert_eq!(attrs["file-triggers-enabled"], false);
+
+    // Patterns while prefixes are set, in one request or against the stored ones.
+    for body in [
+        json!({"trigger-patterns": ["**/*.tf"]}),
+        json!({"trigger-prefixes": ["a"], "trigger-patterns": ["**/*.tf"]}),
+    ] {
+        let detail = assert_error(app.patch(&path, &workspace(body)).await, 422).await;
+        assert!(
+            detail.contains("trigger-prefixes and trigger-patterns"),
+            "{detail}"
+        );
+    }
+    // Clearing the prefixes makes room for patterns.
+    let swapped = app
+        .patch(
+            &path,
+            &workspace(
+                json!({"trigger-prefixes": null, "trigger-patterns": ["modules/**", "**/*.tf"]}),
+            ),
+        )
+        .await;
+    assert_eq!(swapped.status(), 200);
+    for (body, named) in [
+        (json!({"trigger-patterns": ["envs/[prod"]}), "envs/[prod"),
+        (
+            json!({"trigger-prefixes": ["../outside"]}),
+            "trigger-prefixes",
+        ),
+        (json!({"trigger-prefixes": ["/"]}), "trigger-prefixes"),
+        (json!({"vcs-tags-regex": "^v\\d+"}), "vcs-tags-regex"),
+        (
+            json!({"file-triggers-enabled": "yes"}),
+            "expected a boolean",
+        ),
+    ] {
+        let detail = assert_error(app.patch(&path, &workspace(body.clone())).await, 422).await;
+        assert!(detail.contains(named), "{body}: {detail}");
+    }
+    let created = app
+        .post(
+            PATH,
+            &workspace(json!({"name": "bad", "trigger-patterns": ["[z-a]"]})),
+        )
+        .await;
+    assert_error(created, 422).await;
+}

@@ -112,6 +112,11 @@ async fn main() {
                 vcs_repo_path: &path,
                 vcs_branch: "main",
                 working_directory: "",
+                // Every commit runs, as before file triggers existed.
+                file_triggers_enabled: false,
+                trigger_prefixes: &[],
+                trigger_patterns: &[],
+                speculative_enabled: true,
             })
             .execute(&mut conn)
             .await

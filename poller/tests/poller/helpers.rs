@@ -162,6 +162,11 @@ impl World {
                 vcs_repo_path: &repo.to_ascii_lowercase(),
                 vcs_branch: branch,
                 working_directory: "",
+                // Every commit runs, as before file triggers existed.
+                file_triggers_enabled: false,
+                trigger_prefixes: &[],
+                trigger_patterns: &[],
+                speculative_enabled: true,
             })
             .execute(&mut conn)
             .await

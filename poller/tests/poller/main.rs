@@ -7,3 +7,4 @@ mod helpers;
 mod process;
 mod replicas;
 mod robustness;
+mod triggers;

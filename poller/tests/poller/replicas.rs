@@ -34,6 +34,19 @@ async fn three_replicas_racing_over_fifty_workspaces_create_exactly_one_run_per_
             workspaces.push((ws, *kind, *repo));
         }
     }
+    // File triggers on (the whole repository): every head is compared with the last
+    // one, across replicas, and the guarantees hold unchanged.
+    {
+        use diesel::prelude::*;
+        use diesel_async::RunQueryDsl;
+        use terrapod_shared::db::schema::workspaces;
+        let mut conn = world.db.connection().await;
+        diesel::update(workspaces::table)
+            .set(workspaces::file_triggers_enabled.eq(true))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let mut replicas = Vec::new();
     for _ in 0..3 {
@@ -99,6 +112,11 @@ async fn three_replicas_racing_over_fifty_workspaces_create_exactly_one_run_per_
         total_polls += replica.await.unwrap();
     }
     assert!(total_polls >= 50);
+    assert!(
+        world.sim.stats(Kind::Github).change_lists > 0
+            && world.sim.stats(Kind::Gitlab).change_lists > 0,
+        "the heads were compared"
+    );
 
     let runs = world.all_runs().await;
     let mut push_keys = HashSet::new();

@@ -101,6 +101,10 @@ pub struct Workspace {
     /// Bumped whenever the VCS settings change; polls record results only for the
     /// generation they read.
     pub vcs_settings_generation: i64,
+    pub file_triggers_enabled: bool,
+    pub trigger_prefixes: Vec<String>,
+    pub trigger_patterns: Vec<String>,
+    pub speculative_enabled: bool,
 }
 
 #[derive(Insertable)]
@@ -117,6 +121,10 @@ pub struct NewWorkspace<'a> {
     pub vcs_repo_path: &'a str,
     pub vcs_branch: &'a str,
     pub working_directory: &'a str,
+    pub file_triggers_enabled: bool,
+    pub trigger_prefixes: &'a [String],
+    pub trigger_patterns: &'a [String],
+    pub speculative_enabled: bool,
 }
 
 /// A partial update; `None` leaves a column as it is.
@@ -135,6 +143,10 @@ pub struct WorkspaceChanges {
     pub vcs_last_error: Option<Option<String>>,
     pub vcs_last_error_at: Option<Option<DateTime<Utc>>>,
     pub updated_at: Option<DateTime<Utc>>,
+    pub file_triggers_enabled: Option<bool>,
+    pub trigger_prefixes: Option<Vec<String>>,
+    pub trigger_patterns: Option<Vec<String>>,
+    pub speculative_enabled: Option<bool>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Identifiable)]

@@ -62,6 +62,23 @@ diesel::table! {
         vcs_settings_generation -> Int8,
         vcs_poll_queued_at -> Nullable<Timestamptz>,
         vcs_poll_requested_at -> Nullable<Timestamptz>,
+        file_triggers_enabled -> Bool,
+        trigger_prefixes -> Array<Text>,
+        trigger_patterns -> Array<Text>,
+        speculative_enabled -> Bool,
+    }
+}
+
+diesel::table! {
+    vcs_events (id) {
+        id -> Int8,
+        workspace_id -> Text,
+        kind -> Text,
+        commit_sha -> Nullable<Text>,
+        pull_request_number -> Nullable<Int8>,
+        message -> Text,
+        dedup_key -> Nullable<Text>,
+        created_at -> Timestamptz,
     }
 }
 
@@ -147,6 +164,7 @@ diesel::joinable!(configuration_archive_chunks -> configuration_archives (archiv
 diesel::joinable!(commit_archives -> vcs_connections (connection_id));
 diesel::joinable!(commit_archives -> configuration_archives (archive_sha256));
 diesel::joinable!(runs -> workspaces (workspace_id));
+diesel::joinable!(vcs_events -> workspaces (workspace_id));
 diesel::joinable!(runs -> configuration_versions (configuration_version_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
@@ -160,4 +178,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     configuration_versions,
     runs,
     webhook_deliveries,
+    vcs_events,
 );

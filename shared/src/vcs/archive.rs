@@ -187,18 +187,43 @@ fn tree_path(raw: &Path, wrapper: &mut Option<PathBuf>) -> Result<Option<PathBuf
 /// Symlinks followed at most while resolving one path (Linux's limit too): a loop or
 /// a longer chain counts as leaving the tree.
 const MAX_SYMLINK_HOPS: usize = 40;
+/// The longest path or symlink target kept (Linux's PATH_MAX): longer ones cannot be
+/// created by `tar -x` anyway, and they would make resolving costly.
+const MAX_PATH_BYTES: usize = 4096;
+/// Path bytes looked up, at most, while judging one archive's symlinks: a crafted
+/// archive (long chains through long paths) is refused instead of burning CPU.
+const MAX_RESOLVE_BYTES: usize = 64 << 20;
+
+/// The work left for judging one archive's symlinks.
+struct ResolveBudget(usize);
+
+impl ResolveBudget {
+    fn spend(&mut self, bytes: usize) -> Result<(), ArchiveError> {
+        self.0 = self.0.checked_sub(bytes.max(1)).ok_or_else(|| {
+            ArchiveError::Corrupt("its symlinks are too many or too deep to judge".into())
+        })?;
+        Ok(())
+    }
+}
 
 /// Where the symlink at `link` points, resolved as a filesystem would: from its
 /// directory, component by component, each component that is itself one of the
 /// archive's `symlinks` replaced by where that one points before the next `..` is
-/// applied. `None` when the path leaves the tree (or loops).
-fn resolve_symlink(link: &Path, symlinks: &HashMap<PathBuf, PathBuf>) -> Option<Vec<OsString>> {
+/// applied. `Ok(None)` when the path leaves the tree (or loops).
+fn resolve_symlink(
+    link: &Path,
+    symlinks: &HashMap<PathBuf, PathBuf>,
+    budget: &mut ResolveBudget,
+) -> Result<Option<Vec<OsString>>, ArchiveError> {
     let mut hops = 0;
     let start: Vec<OsString> = link
         .parent()
         .map(|parent| parent.iter().map(OsStr::to_owned).collect())
         .unwrap_or_default();
-    resolve(start, symlinks.get(link)?, symlinks, &mut hops)
+    let Some(target) = symlinks.get(link) else {
+        return Ok(None);
+    };
+    resolve(start, target, symlinks, &mut hops, budget)
 }
 
 /// `target` followed from the directory `from` (both inside the tree).
@@ -207,32 +232,39 @@ fn resolve(
     target: &Path,
     symlinks: &HashMap<PathBuf, PathBuf>,
     hops: &mut usize,
-) -> Option<Vec<OsString>> {
+    budget: &mut ResolveBudget,
+) -> Result<Option<Vec<OsString>>, ArchiveError> {
     if target.as_os_str().is_empty() {
-        return None;
+        return Ok(None);
     }
     for component in target.components() {
         match component {
             Component::Normal(part) => {
                 from.push(part.to_owned());
                 let here: PathBuf = from.iter().collect();
+                budget.spend(here.as_os_str().len())?;
                 if let Some(next) = symlinks.get(&here) {
                     *hops += 1;
                     if *hops > MAX_SYMLINK_HOPS {
-                        return None;
+                        return Ok(None);
                     }
                     from.pop();
-                    from = resolve(from, next, symlinks, hops)?;
+                    match resolve(from, next, symlinks, hops, budget)? {
+                        Some(resolved) => from = resolved,
+                        None => return Ok(None),
+                    }
                 }
             }
             Component::CurDir => {}
             Component::ParentDir => {
-                from.pop()?;
+                if from.pop().is_none() {
+                    return Ok(None);
+                }
             }
-            Component::RootDir | Component::Prefix(_) => return None,
+            Component::RootDir | Component::Prefix(_) => return Ok(None),
         }
     }
-    Some(from)
+    Ok(Some(from))
 }
 
 /// One entry of the provider's archive, as the planning pass saw it.
@@ -245,36 +277,67 @@ struct Listed {
 /// Which entries to keep, decided from the whole archive before anything is written:
 /// the last entry of a path wins (as `tar -x` would leave it); an entry whose parent
 /// path runs through a symlink is dropped; a symlink is kept only if it resolves
-/// inside the tree following the archive's other symlinks; hard links, devices and
-/// FIFOs are dropped.
-fn plan(entries: &[Listed], symlinks: &HashMap<PathBuf, PathBuf>) -> Vec<bool> {
+/// inside the tree following the archive's other symlinks — those that survive as
+/// symlinks, i.e. are the last entry of their path (a symlink later replaced by a
+/// directory is a directory on disk); hard links, devices, FIFOs and paths or targets
+/// longer than PATH_MAX are dropped.
+fn plan(
+    entries: &[Listed],
+    all_symlinks: &HashMap<PathBuf, PathBuf>,
+) -> Result<Vec<bool>, ArchiveError> {
     let mut last: HashMap<&Path, usize> = HashMap::new();
     for (index, entry) in entries.iter().enumerate() {
         if let Some(path) = &entry.path {
             last.insert(path, index);
         }
     }
-    entries
+    let symlinks: HashMap<PathBuf, PathBuf> = entries
         .iter()
         .enumerate()
-        .map(|(index, entry)| {
-            let Some(path) = &entry.path else {
-                return false;
-            };
-            let through_symlink = path
-                .ancestors()
-                .skip(1)
-                .any(|ancestor| symlinks.contains_key(ancestor));
-            if last.get(path.as_path()) != Some(&index) || through_symlink {
-                return false;
-            }
-            match entry.kind {
-                EntryType::Regular | EntryType::Continuous | EntryType::Directory => true,
-                EntryType::Symlink => resolve_symlink(path, symlinks).is_some(),
-                _ => false,
-            }
+        .filter(|(index, entry)| {
+            entry.kind == EntryType::Symlink
+                && entry
+                    .path
+                    .as_deref()
+                    .is_some_and(|path| last.get(path) == Some(index))
         })
-        .collect()
+        .filter_map(|(_, entry)| {
+            let path = entry.path.as_ref()?;
+            let target = all_symlinks.get(path)?;
+            (target.as_os_str().len() <= MAX_PATH_BYTES).then(|| (path.clone(), target.clone()))
+        })
+        .collect();
+    let mut budget = ResolveBudget(MAX_RESOLVE_BYTES);
+    let mut keep = Vec::with_capacity(entries.len());
+    for (index, entry) in entries.iter().enumerate() {
+        let Some(path) = &entry.path else {
+            keep.push(false);
+            continue;
+        };
+        if last.get(path.as_path()) != Some(&index) || path.as_os_str().len() > MAX_PATH_BYTES {
+            keep.push(false);
+            continue;
+        }
+        let mut through_symlink = false;
+        if !symlinks.is_empty() {
+            for ancestor in path.ancestors().skip(1) {
+                budget.spend(ancestor.as_os_str().len())?;
+                if symlinks.contains_key(ancestor) {
+                    through_symlink = true;
+                    break;
+                }
+            }
+        }
+        keep.push(
+            !through_symlink
+                && match entry.kind {
+                    EntryType::Regular | EntryType::Continuous | EntryType::Directory => true,
+                    EntryType::Symlink => resolve_symlink(path, &symlinks, &mut budget)?.is_some(),
+                    _ => false,
+                },
+        );
+    }
+    Ok(keep)
 }
 
 /// Repacks the provider's gzip tarball in `compressed` into a new temporary file.
@@ -345,7 +408,7 @@ pub fn repack<R: Read + Seek>(
             listed.push(Listed { path, kind });
         }
     }
-    let keep = plan(&listed, &symlinks);
+    let keep = plan(&listed, &symlinks)?;
     let dropped: Vec<String> = listed
         .iter()
         .zip(&keep)
@@ -589,6 +652,65 @@ mod tests {
     }
 
     #[test]
+    fn a_symlink_replaced_by_a_directory_is_judged_as_the_directory() {
+        // `p` ends up a real directory: `q -> p/../..` then leads above the root.
+        let (kept, dropped) = kept_and_dropped(&[
+            Item::Dir("w/d/e/"),
+            Item::Symlink("w/p", "d/e"),
+            Item::Dir("w/p/"),
+            Item::Symlink("w/q", "p/../.."),
+        ]);
+        assert!(dropped.contains(&"q".to_owned()), "{dropped:?}");
+        assert!(kept.contains(&"p".to_owned()));
+    }
+
+    /// A tarball of symlinks with GNU long names and targets (past 100 bytes).
+    fn long_links(links: &[(String, String)], file: Option<&str>) -> Vec<u8> {
+        let mut builder = Builder::new(GzEncoder::new(Vec::new(), Compression::fast()));
+        if let Some(name) = file {
+            let mut header = Header::new_gnu();
+            header.set_size(1);
+            header.set_mode(0o644);
+            builder.append_data(&mut header, name, &b"x"[..]).unwrap();
+        }
+        for (name, target) in links {
+            let mut header = Header::new_gnu();
+            header.set_entry_type(EntryType::Symlink);
+            header.set_size(0);
+            builder.append_link(&mut header, name, target).unwrap();
+        }
+        builder.into_inner().unwrap().finish().unwrap()
+    }
+
+    #[test]
+    fn huge_symlink_targets_and_costly_chains_are_refused_quickly() {
+        let long = long_links(
+            &[("w/long".into(), "a/".repeat(300_000))],
+            Some("w/main.tf"),
+        );
+        let repacked = repack_bytes(&long, LIMITS).unwrap();
+        assert_eq!(repacked.dropped, vec!["long".to_owned()]);
+        assert_eq!(repacked.files, 1);
+        // Thousands of links, each walking a deep path and back: refused as a whole.
+        let deep = "d/".repeat(600);
+        let links: Vec<(String, String)> = (0..2_000)
+            .map(|n| (format!("w/l{n}"), format!("{deep}{}", "../".repeat(600))))
+            .collect();
+        let roomy = ArchiveLimits {
+            max_archive_bytes: 100 << 20,
+            max_unpacked_bytes: 1 << 30,
+        };
+        let started = std::time::Instant::now();
+        let outcome = repack_bytes(&long_links(&links, None), roomy);
+        assert!(
+            matches!(&outcome, Err(ArchiveError::Corrupt(m)) if m.contains("symlinks")),
+            "{:?}",
+            outcome.as_ref().map(|r| r.files)
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    }
+
+    #[test]
     fn entries_through_a_symlink_and_symlink_loops_are_dropped() {
         let (kept, dropped) = kept_and_dropped(&[
             Item::Dir("w/real/"),
@@ -796,7 +918,7 @@ mod tests {
                                 .into_iter()
                                 .filter_map(|(n, _, l)| Some((PathBuf::from(n), PathBuf::from(l?))))
                                 .collect();
-                            prop_assert!(resolve_symlink(path, &symlinks).is_some(), "{} -> {:?}", name, link);
+                            prop_assert!(resolve_symlink(path, &symlinks, &mut ResolveBudget(MAX_RESOLVE_BYTES)).unwrap().is_some(), "{} -> {:?}", name, link);
                         }
                     }
                 }

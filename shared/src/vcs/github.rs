@@ -23,6 +23,7 @@ use super::{
     VcsError, VcsProvider, VcsShared,
 };
 use crate::domain::{CommitSha, Provider};
+use crate::triggers::ChangedFiles;
 
 const PROVIDER: Provider = Provider::GitHub;
 /// What every request to GitHub carries.
@@ -34,6 +35,30 @@ const HEADERS: &[(&str, &str)] = &[
 const TOKEN_REUSE: Duration = Duration::from_secs(50 * 60);
 /// Never follow more pages than this (100 per page).
 const MAX_PAGES: usize = 100;
+/// GitHub lists at most this many files of a comparison, and of a pull request:
+/// a list this long may be cut short.
+const COMPARE_MAX_FILES: usize = 300;
+const PULL_MAX_FILES: usize = 3000;
+
+#[derive(Deserialize)]
+struct Comparison {
+    #[serde(default)]
+    files: Vec<DiffEntry>,
+}
+
+#[derive(Deserialize)]
+struct DiffEntry {
+    filename: String,
+    previous_filename: Option<String>,
+}
+
+/// A file list's paths, a rename under both names.
+fn paths_of(entries: Vec<DiffEntry>, into: &mut Vec<String>) {
+    for entry in entries {
+        into.extend(entry.previous_filename);
+        into.push(entry.filename);
+    }
+}
 
 /// The claims of a GitHub App JWT.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -228,6 +253,7 @@ impl GitHubClient {
             headers: HEADERS,
             timeout: None,
             json: None,
+            redirects_off_origin: false,
         };
         let response = http.send(&self.endpoint, &request).await?;
         if !response.status().is_success() {
@@ -410,6 +436,61 @@ impl VcsProvider for GitHubClient {
         })
     }
 
+    async fn changed_files(
+        &self,
+        repo: &RepoUrl,
+        base: &CommitSha,
+        head: &CommitSha,
+    ) -> Result<ChangedFiles, VcsError> {
+        let what = format!(
+            "comparison {}...{} of {}",
+            base.short(),
+            head.short(),
+            repo.full_path()
+        );
+        let mut url = format!(
+            "{}/compare/{base}...{head}?per_page=100",
+            self.repo_url(repo)
+        );
+        let mut files = Vec::new();
+        for _ in 0..MAX_PAGES {
+            let response = self.get(&url, &what).await?;
+            let page: Comparison = parse_body(PROVIDER, &response.body)?;
+            if page.files.len() >= COMPARE_MAX_FILES {
+                return Ok(ChangedFiles::Truncated);
+            }
+            paths_of(page.files, &mut files);
+            match next_link(&response.headers) {
+                Some(next) => url = self.next_page(next)?,
+                None => return Ok(ChangedFiles::Known(files)),
+            }
+        }
+        Ok(ChangedFiles::Truncated)
+    }
+
+    async fn pull_request_files(
+        &self,
+        repo: &RepoUrl,
+        number: i64,
+    ) -> Result<ChangedFiles, VcsError> {
+        let what = format!("files of pull request #{number} of {}", repo.full_path());
+        let mut url = format!("{}/pulls/{number}/files?per_page=100", self.repo_url(repo));
+        let mut files = Vec::new();
+        let mut listed = 0;
+        for _ in 0..MAX_PAGES {
+            let response = self.get(&url, &what).await?;
+            let page: Vec<DiffEntry> = parse_body(PROVIDER, &response.body)?;
+            listed += page.len();
+            paths_of(page, &mut files);
+            match next_link(&response.headers) {
+                Some(next) if listed < PULL_MAX_FILES => url = self.next_page(next)?,
+                _ if listed >= PULL_MAX_FILES => return Ok(ChangedFiles::Truncated),
+                _ => return Ok(ChangedFiles::Known(files)),
+            }
+        }
+        Ok(ChangedFiles::Truncated)
+    }
+
     async fn download_archive(
         &self,
         repo: &RepoUrl,
@@ -424,6 +505,7 @@ impl VcsProvider for GitHubClient {
             // The API redirects to a download host, which gets no credential of ours.
             let request = ProviderRequest {
                 timeout: Some(Duration::from_secs(300)),
+                redirects_off_origin: true,
                 ..ProviderRequest::get(&url, Credential::Bearer(token.expose_secret()), HEADERS)
             };
             let response = http.send(&self.endpoint, &request).await?;

@@ -15,9 +15,36 @@ use super::{
     VcsShared,
 };
 use crate::domain::{CommitSha, Provider};
+use crate::triggers::ChangedFiles;
 
 const PROVIDER: Provider = Provider::GitLab;
 const MAX_PAGES: usize = 100;
+/// GitLab's default limit of files in one diff: a comparison this long may be cut.
+const COMPARE_MAX_FILES: usize = 1000;
+
+#[derive(Deserialize)]
+struct Comparison {
+    #[serde(default)]
+    diffs: Vec<Diff>,
+    #[serde(default)]
+    compare_timeout: bool,
+}
+
+#[derive(Deserialize)]
+struct Diff {
+    old_path: String,
+    new_path: String,
+}
+
+/// A diff list's paths, a rename under both names.
+fn paths_of(diffs: Vec<Diff>, into: &mut Vec<String>) {
+    for diff in diffs {
+        if diff.old_path != diff.new_path {
+            into.push(diff.old_path);
+        }
+        into.push(diff.new_path);
+    }
+}
 
 pub struct GitLabClient {
     shared: Arc<VcsShared>,
@@ -189,6 +216,61 @@ impl VcsProvider for GitLabClient {
         })
     }
 
+    async fn changed_files(
+        &self,
+        repo: &RepoUrl,
+        base: &CommitSha,
+        head: &CommitSha,
+    ) -> Result<ChangedFiles, VcsError> {
+        let what = format!(
+            "comparison {}...{} of {}",
+            base.short(),
+            head.short(),
+            repo.full_path()
+        );
+        let url = format!(
+            "{}/repository/compare?from={base}&to={head}&straight=false",
+            self.project_url(repo)
+        );
+        let response = self.get(&url, &what).await?;
+        let comparison: Comparison = parse_body(PROVIDER, &response.body)?;
+        if comparison.compare_timeout || comparison.diffs.len() >= COMPARE_MAX_FILES {
+            return Ok(ChangedFiles::Truncated);
+        }
+        let mut files = Vec::new();
+        paths_of(comparison.diffs, &mut files);
+        Ok(ChangedFiles::Known(files))
+    }
+
+    async fn pull_request_files(
+        &self,
+        repo: &RepoUrl,
+        number: i64,
+    ) -> Result<ChangedFiles, VcsError> {
+        let what = format!("diffs of merge request !{number} of {}", repo.full_path());
+        let mut files = Vec::new();
+        let mut page = 1;
+        for _ in 0..MAX_PAGES {
+            let url = format!(
+                "{}/merge_requests/{number}/diffs?per_page=100&page={page}",
+                self.project_url(repo)
+            );
+            let response = self.get(&url, &what).await?;
+            let batch: Vec<Diff> = parse_body(PROVIDER, &response.body)?;
+            paths_of(batch, &mut files);
+            let next = response
+                .headers
+                .get("x-next-page")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u32>().ok());
+            match next {
+                Some(next) if next > page => page = next,
+                _ => return Ok(ChangedFiles::Known(files)),
+            }
+        }
+        Ok(ChangedFiles::Truncated)
+    }
+
     async fn download_archive(
         &self,
         repo: &RepoUrl,
@@ -202,6 +284,7 @@ impl VcsProvider for GitLabClient {
         let http = &self.shared.http;
         let request = ProviderRequest {
             timeout: Some(Duration::from_secs(300)),
+            redirects_off_origin: true,
             ..self.request(&url)
         };
         let response = http.send(&self.endpoint, &request).await?;

@@ -89,6 +89,11 @@ pub struct ProviderRequest<'a> {
     pub timeout: Option<Duration>,
     /// A JSON body (check runs, commit statuses).
     pub json: Option<&'a serde_json::Value>,
+    /// Whether a redirect to another origin is followed (without credentials):
+    /// archive downloads only, which GitHub sends to its download host. API answers
+    /// that point elsewhere are refused, so a hostile server cannot aim the poller at
+    /// internal hosts and read their answers back in `vcs-last-error`.
+    pub redirects_off_origin: bool,
 }
 
 impl<'a> ProviderRequest<'a> {
@@ -104,6 +109,7 @@ impl<'a> ProviderRequest<'a> {
             headers,
             timeout: None,
             json: None,
+            redirects_off_origin: false,
         }
     }
 }
@@ -323,12 +329,19 @@ impl VcsHttp {
                 .and_then(|value| value.to_str().ok());
             match (redirect, location) {
                 (true, Some(location)) => {
-                    url = url
+                    let next = url
                         .join(location)
                         .map_err(|err| invalid(format!("bad redirect: {err}")))?;
-                    if !matches!(url.scheme(), "http" | "https") {
+                    if !matches!(next.scheme(), "http" | "https") {
                         return Err(invalid("a redirect to a scheme other than http(s)".into()));
                     }
+                    if url.scheme() == "https" && next.scheme() == "http" {
+                        return Err(invalid("a redirect from https to http was refused".into()));
+                    }
+                    if next.origin() != endpoint.origin && !request.redirects_off_origin {
+                        return Err(invalid("a redirect to another origin was refused".into()));
+                    }
+                    url = next;
                 }
                 _ => return Ok(Ok(response)),
             }

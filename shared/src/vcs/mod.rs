@@ -46,6 +46,8 @@ pub struct PullRequest {
 
 /// What the poller asks of a provider. Every call is bounded in time and retried
 /// only within [`http::RetryPolicy`].
+pub use crate::triggers::ChangedFiles;
+
 pub trait VcsProvider {
     fn provider(&self) -> Provider;
 
@@ -78,6 +80,22 @@ pub trait VcsProvider {
 
     /// Proves the credentials work.
     fn check_credentials(&self) -> impl Future<Output = Result<(), VcsError>> + Send;
+
+    /// The files changed from the merge base of `base` and `head` to `head`, renames
+    /// under both names; `NotFound` when the provider no longer has `base`.
+    fn changed_files(
+        &self,
+        repo: &RepoUrl,
+        base: &CommitSha,
+        head: &CommitSha,
+    ) -> impl Future<Output = Result<ChangedFiles, VcsError>> + Send;
+
+    /// The files a PR/MR changes.
+    fn pull_request_files(
+        &self,
+        repo: &RepoUrl,
+        number: i64,
+    ) -> impl Future<Output = Result<ChangedFiles, VcsError>> + Send;
 }
 
 /// What one process shares across all provider calls: the HTTP client with its ETag
@@ -198,6 +216,23 @@ impl VcsProvider for ProviderClient {
 
     async fn check_credentials(&self) -> Result<(), VcsError> {
         dispatch!(self, client => client.check_credentials().await)
+    }
+
+    async fn changed_files(
+        &self,
+        repo: &RepoUrl,
+        base: &CommitSha,
+        head: &CommitSha,
+    ) -> Result<ChangedFiles, VcsError> {
+        dispatch!(self, client => client.changed_files(repo, base, head).await)
+    }
+
+    async fn pull_request_files(
+        &self,
+        repo: &RepoUrl,
+        number: i64,
+    ) -> Result<ChangedFiles, VcsError> {
+        dispatch!(self, client => client.pull_request_files(repo, number).await)
     }
 }
 

@@ -357,12 +357,21 @@ pub async fn update(
             .github_installation_id
             .is_some_and(|id| id != existing.github_installation_id);
     conn.transaction::<_, ApiError, _>(async |conn| {
+        // Only if the server is still the one this request judged: a concurrent PATCH
+        // of `server-url` must not end up with this request's credential.
         let updated = diesel::update(vcs_connections::table.find(&existing.id))
+            .filter(vcs_connections::server_url.eq(&existing.server_url))
             .set(changes)
             .returning(VcsConnection::as_returning())
             .get_result(conn)
             .await
-            .map_err(map_conflict)?;
+            .optional()
+            .map_err(map_conflict)?
+            .ok_or_else(|| {
+                ApiError::Conflict(
+                    "the connection's server-url changed while this request ran; read it again and retry".into(),
+                )
+            })?;
         if reach_changed {
             supersede_polls(conn, &existing.id).await?;
         }

@@ -8,6 +8,7 @@ use terrapod_shared::db::models::{NewWorkspace, VcsConnection, Workspace, Worksp
 use terrapod_shared::db::schema::{vcs_connections, workspaces};
 use terrapod_shared::domain::{BranchName, ExecutionMode, ResourceName, WorkingDirectory};
 use terrapod_shared::ids::{VcsConnectionId, WorkspaceId};
+use terrapod_shared::triggers;
 use terrapod_shared::vcs::RepoUrl;
 
 use crate::error::ApiError;
@@ -28,6 +29,15 @@ pub struct WorkspaceAttributes {
     pub vcs_working_directory: Option<String>,
     #[serde(default, deserialize_with = "null_as_empty")]
     pub working_directory: Option<String>,
+    pub file_triggers_enabled: Option<bool>,
+    #[serde(default, deserialize_with = "null_as_no_items")]
+    pub trigger_prefixes: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "null_as_no_items")]
+    pub trigger_patterns: Option<Vec<String>>,
+    pub speculative_enabled: Option<bool>,
+    /// Present (`Some`) even when `null`, to tell "unset" from "absent".
+    #[serde(default, deserialize_with = "present")]
+    pub vcs_tags_regex: Option<Option<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -41,6 +51,80 @@ fn null_as_empty<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<St
     Ok(Some(
         Option::<String>::deserialize(deserializer)?.unwrap_or_default(),
     ))
+}
+
+/// A present `null` list means "no items".
+fn null_as_no_items<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Vec<String>>, D::Error> {
+    Ok(Some(
+        Option::<Vec<String>>::deserialize(deserializer)?.unwrap_or_default(),
+    ))
+}
+
+fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Option<String>>, D::Error> {
+    Ok(Some(Option::<String>::deserialize(deserializer)?))
+}
+
+/// Trigger prefixes and patterns a request sets (`None`: left as they are).
+type TriggerLists = (Option<Vec<String>>, Option<Vec<String>>);
+
+/// The trigger lists a request sets, validated and normalised; `existing` are the
+/// stored ones (an update may set one list and keep the other).
+fn trigger_lists(
+    attrs: &WorkspaceAttributes,
+    existing: Option<&Workspace>,
+) -> Result<TriggerLists, ApiError> {
+    if let Some(Some(regex)) = &attrs.vcs_tags_regex {
+        if !regex.trim().is_empty() {
+            return Err(ApiError::Unprocessable(
+                "vcs-tags-regex is not supported by this version yet: tag-driven workspaces are not followed, so the setting is refused rather than ignored".into(),
+            ));
+        }
+    }
+    let parse_all = |items: &Option<Vec<String>>,
+                     name: &str,
+                     parse: fn(&str) -> Result<String, terrapod_shared::domain::ParseError>|
+     -> Result<Option<Vec<String>>, ApiError> {
+        let Some(items) = items else { return Ok(None) };
+        if items.len() > triggers::MAX_TRIGGERS {
+            return Err(ApiError::Unprocessable(format!(
+                "{name}: at most {} entries",
+                triggers::MAX_TRIGGERS
+            )));
+        }
+        let mut parsed: Vec<String> = items
+            .iter()
+            .map(|item| parse(item))
+            .collect::<Result<_, _>>()
+            .map_err(unprocessable)?;
+        parsed.dedup();
+        Ok(Some(parsed))
+    };
+    let prefixes = parse_all(
+        &attrs.trigger_prefixes,
+        "trigger-prefixes",
+        triggers::parse_prefix,
+    )?;
+    let patterns = parse_all(
+        &attrs.trigger_patterns,
+        "trigger-patterns",
+        triggers::parse_pattern,
+    )?;
+    let has_prefixes = prefixes
+        .as_ref()
+        .or(existing.map(|w| &w.trigger_prefixes))
+        .is_some_and(|p| !p.is_empty());
+    let has_patterns = patterns
+        .as_ref()
+        .or(existing.map(|w| &w.trigger_patterns))
+        .is_some_and(|p| !p.is_empty());
+    if has_prefixes && has_patterns {
+        return Err(ApiError::Unprocessable(
+            "trigger-prefixes and trigger-patterns cannot both be set: patterns replace the working-directory and prefix rule".into(),
+        ));
+    }
+    Ok((prefixes, patterns))
 }
 
 fn unprocessable(err: impl std::fmt::Display) -> ApiError {
@@ -204,6 +288,7 @@ pub async fn create(
         None,
     )
     .await?;
+    let (prefixes, patterns) = trigger_lists(&attrs, None)?;
     let id = WorkspaceId::generate();
     diesel::insert_into(workspaces::table)
         .values(NewWorkspace {
@@ -217,6 +302,10 @@ pub async fn create(
             vcs_repo_path: &link.repo_path,
             vcs_branch: branch.as_str(),
             working_directory: directory.as_str(),
+            file_triggers_enabled: attrs.file_triggers_enabled.unwrap_or(true),
+            trigger_prefixes: prefixes.as_deref().unwrap_or_default(),
+            trigger_patterns: patterns.as_deref().unwrap_or_default(),
+            speculative_enabled: attrs.speculative_enabled.unwrap_or(true),
         })
         .returning(Workspace::as_returning())
         .get_result(conn)
@@ -288,6 +377,7 @@ pub async fn update(
     relationships: WorkspaceRelationships,
 ) -> Result<Updated, ApiError> {
     let existing = find(conn, id).await?;
+    let (trigger_prefixes, trigger_patterns) = trigger_lists(&attrs, Some(&existing))?;
     let mut changes = WorkspaceChanges {
         name: attrs
             .name
@@ -304,6 +394,10 @@ pub async fn update(
         auto_apply: attrs.auto_apply,
         working_directory: working_directory(&attrs)?.map(|dir| dir.as_str().to_owned()),
         updated_at: Some(Utc::now()),
+        file_triggers_enabled: attrs.file_triggers_enabled,
+        trigger_prefixes,
+        trigger_patterns,
+        speculative_enabled: attrs.speculative_enabled,
         ..WorkspaceChanges::default()
     };
     let branch = attrs
@@ -349,8 +443,27 @@ pub async fn update(
         .working_directory
         .as_ref()
         .is_some_and(|dir| *dir != existing.working_directory);
+    // A run decision taken under the old triggers must not be recorded either.
+    let triggers_changed = changes
+        .file_triggers_enabled
+        .is_some_and(|on| on != existing.file_triggers_enabled)
+        || changes
+            .trigger_prefixes
+            .as_ref()
+            .is_some_and(|p| *p != existing.trigger_prefixes)
+        || changes
+            .trigger_patterns
+            .as_ref()
+            .is_some_and(|p| *p != existing.trigger_patterns)
+        || changes
+            .speculative_enabled
+            .is_some_and(|on| on != existing.speculative_enabled);
     // A poll in flight for the old settings records nothing once this is bumped.
-    let settings_changed = url_changed || branch_changed || connection_changed || directory_changed;
+    let settings_changed = url_changed
+        || branch_changed
+        || connection_changed
+        || directory_changed
+        || triggers_changed;
     let workspace = diesel::update(workspaces::table.find(&existing.id))
         .set((
             changes,
