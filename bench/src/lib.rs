@@ -403,6 +403,7 @@ impl Fleet {
                     trigger_prefixes: &[],
                     trigger_patterns: &[],
                     speculative_enabled: true,
+                    vcs_tags_regex: None,
                 })
                 .collect();
             diesel::insert_into(workspaces::table)

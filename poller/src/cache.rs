@@ -20,6 +20,7 @@ use terrapod_shared::archives::StoredArchive;
 use terrapod_shared::domain::CommitSha;
 use terrapod_shared::ids::VcsConnectionId;
 use terrapod_shared::triggers::ChangedFiles;
+use terrapod_shared::vcs::Tag;
 use terrapod_shared::vcs::{BranchHead, ProviderClient, PullRequest};
 use tokio::sync::OnceCell;
 
@@ -115,6 +116,8 @@ pub struct CycleCache {
     /// Open pull/merge requests by target branch.
     pub pulls: OnceMap<(RepoKey, String), Arc<Vec<PullRequest>>>,
     pub archives: OnceMap<(RepoKey, CommitSha), StoredArchive>,
+    /// A repository's tags.
+    pub tags: OnceMap<RepoKey, Arc<Vec<Tag>>>,
     /// Changed files being fetched in this cycle (then kept in [`ChangeCache`]).
     pub changes: OnceMap<ChangeKey, Arc<ChangedFiles>>,
 }
@@ -135,15 +138,22 @@ pub enum ChangeKey {
     },
 }
 
-/// Changed-file lists this process has fetched, at most [`CHANGE_CACHE_ENTRIES`],
-/// least recently used first out.
+/// Changed-file lists this process has fetched, at most [`CHANGE_CACHE_BYTES`] of
+/// paths, least recently used first out.
 pub type ChangeCache = moka::sync::Cache<ChangeKey, Arc<ChangedFiles>>;
 
-pub const CHANGE_CACHE_ENTRIES: u64 = 20_000;
+pub const CHANGE_CACHE_BYTES: u64 = 64 << 20;
 
 pub fn change_cache() -> ChangeCache {
     moka::sync::Cache::builder()
-        .max_capacity(CHANGE_CACHE_ENTRIES)
+        .weigher(|_, files: &Arc<ChangedFiles>| {
+            let bytes = match files.as_ref() {
+                ChangedFiles::Known(paths) => paths.iter().map(|p| p.len() + 24).sum(),
+                ChangedFiles::Truncated => 0,
+            };
+            u32::try_from(bytes + 64).unwrap_or(u32::MAX)
+        })
+        .max_capacity(CHANGE_CACHE_BYTES)
         .time_to_idle(std::time::Duration::from_secs(6 * 3600))
         .build()
 }

@@ -12,6 +12,8 @@ use crate::store;
 const EVERY: Duration = Duration::from_secs(3600);
 /// Commit archive rows older than this are forgotten.
 const COMMIT_ARCHIVE_DAYS: i32 = 30;
+/// The event log keeps 30 days (SPEC section 9).
+const VCS_EVENT_DAYS: i32 = 30;
 
 pub async fn run_housekeeping(ctx: Arc<PollContext>, mut shutdown: watch::Receiver<bool>) {
     loop {
@@ -34,6 +36,16 @@ pub async fn run_housekeeping(ctx: Arc<PollContext>, mut shutdown: watch::Receiv
         match purged {
             Ok(purged) => tracing::debug!(purged, "old commit archive records purged"),
             Err(err) => tracing::warn!(error = %err, "cannot purge old commit archive records"),
+        }
+        let purged = match ctx.pool.get().await {
+            Ok(mut conn) => store::purge_vcs_events(&mut conn, VCS_EVENT_DAYS)
+                .await
+                .map_err(|err| err.to_string()),
+            Err(err) => Err(err.to_string()),
+        };
+        match purged {
+            Ok(purged) => tracing::debug!(purged, "old VCS events purged"),
+            Err(err) => tracing::warn!(error = %err, "cannot purge old VCS events"),
         }
     }
 }

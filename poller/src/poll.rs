@@ -535,6 +535,7 @@ impl<'a> Target<'a> {
         let reason = match &trigger {
             VcsTrigger::Push { .. } => TriggerReason::Push,
             VcsTrigger::PullRequest { .. } => TriggerReason::PullRequest,
+            VcsTrigger::Tag { .. } => TriggerReason::Tag,
         };
         let new = NewVcsRun {
             workspace_id: &self.workspace.id,
@@ -674,6 +675,67 @@ impl<'a> Target<'a> {
         (!rules.matches_any(paths)).then_some("no changed file matches the triggers")
     }
 
+    /// A tag-driven workspace: the first poll records the tags present as seen (no
+    /// runs); afterwards each new tag matching `regex`, or one moved to another
+    /// commit, gets one run at its commit. Branch commits are not followed.
+    async fn follow_tags(
+        &self,
+        conn: &mut AsyncPgConnection,
+        report: &mut PollReport,
+        regex: &str,
+    ) -> Result<(), Stop> {
+        let regex = terrapod_shared::triggers::parse_tags_regex(regex).map_err(|err| {
+            report.problems.push(PollProblem::Settings(err.to_string()));
+            Stop::Problem
+        })?;
+        let tags = self
+            .cache
+            .tags
+            .get_or_try_init(self.key.clone(), self.freshness, || async {
+                self.client.tags(&self.repo).await.map(Arc::new)
+            })
+            .instrument(self.call_span("tags"))
+            .await
+            .map_err(|err| Stop::provider(report, Arc::new(err)))?;
+        if self.workspace.vcs_tags_baselined_at.is_none() {
+            return if store::baseline_tags(conn, self.workspace, &tags).await? {
+                tracing::info!(
+                    tags = tags.len(),
+                    "tags recorded as seen: new ones get runs"
+                );
+                Ok(())
+            } else {
+                Err(Stop::Superseded)
+            };
+        }
+        let seen = store::seen_tags(conn, &self.workspace.id).await?;
+        for tag in tags.iter() {
+            if seen.get(&tag.name).map(String::as_str) == Some(tag.sha.as_str()) {
+                continue;
+            }
+            if regex.is_match(&tag.name) {
+                match archives::archive_for(self, conn, &tag.sha).await? {
+                    Ok(archive) => {
+                        let trigger = VcsTrigger::Tag {
+                            name: tag.name.clone(),
+                        };
+                        report.runs_created +=
+                            self.record(conn, &tag.sha, trigger, &archive).await?;
+                    }
+                    // Not marked seen: the next poll tries again.
+                    Err(err) => {
+                        if let Stop::Interrupted = Stop::provider(report, err) {
+                            return Err(Stop::Interrupted);
+                        }
+                        continue;
+                    }
+                }
+            }
+            store::mark_tag_seen(conn, &self.workspace.id, &tag.name, tag.sha.as_str()).await?;
+        }
+        Ok(())
+    }
+
     /// The branch head and the open PRs/MRs. A problem with one PR is reported and the
     /// others are still planned; a problem reaching the repository stops the poll.
     async fn check(
@@ -681,6 +743,9 @@ impl<'a> Target<'a> {
         conn: &mut AsyncPgConnection,
         report: &mut PollReport,
     ) -> Result<(), Stop> {
+        if let Some(regex) = &self.workspace.vcs_tags_regex {
+            return self.follow_tags(conn, report, regex).await;
+        }
         let branch = if self.workspace.vcs_branch.is_empty() {
             self.default_branch()
                 .await
@@ -719,62 +784,39 @@ impl<'a> Target<'a> {
         let pulls = pulls.map_err(|err| Stop::provider(report, err))?;
         for pull in pulls.iter() {
             let sha = pull.head_sha.as_str();
-            if pull.from_fork {
+            let decision = |reason| store::Decision {
+                commit_sha: sha,
+                pull_request: Some(pull.number),
+                reason,
+                generation: self.workspace.vcs_settings_generation,
+            };
+            let short = pull.head_sha.short();
+            let skip = if pull.from_fork {
                 // Fork code would run with the workspace's credentials.
-                let skipped = format!(
-                    "pull request #{} at {}: from a fork, no run",
-                    pull.number,
-                    pull.head_sha.short()
-                );
-                if !store::skip_recorded(conn, &self.workspace.id, sha, Some(pull.number), "fork")
-                    .await?
-                {
-                    store::record_skip(
-                        conn,
-                        &self.workspace.id,
-                        sha,
-                        Some(pull.number),
-                        &skipped,
-                        "fork",
-                    )
-                    .await?;
+                Some((decision("fork"), "from a fork, no run".to_owned()))
+            } else if !self.workspace.speculative_enabled {
+                Some((
+                    decision("speculative"),
+                    "speculative plans are disabled".to_owned(),
+                ))
+            } else {
+                None
+            };
+            if let Some((decision, why)) = skip {
+                if !store::skip_recorded(conn, &self.workspace.id, &decision).await? {
+                    let message = format!("pull request #{} at {short}: {why}", pull.number);
+                    store::record_skip(conn, &self.workspace.id, &decision, &message).await?;
                 }
                 continue;
             }
-            if !self.workspace.speculative_enabled {
-                let skipped = format!(
-                    "pull request #{} at {}: speculative plans are disabled",
-                    pull.number,
-                    pull.head_sha.short()
-                );
-                if !store::skip_recorded(
-                    conn,
-                    &self.workspace.id,
-                    sha,
-                    Some(pull.number),
-                    "speculative",
-                )
-                .await?
-                {
-                    store::record_skip(
-                        conn,
-                        &self.workspace.id,
-                        sha,
-                        Some(pull.number),
-                        &skipped,
-                        "speculative",
-                    )
-                    .await?;
-                }
-                continue;
-            }
-            if store::pull_request_run_exists(conn, &self.workspace.id, pull.number, sha).await?
-                || store::skip_recorded(conn, &self.workspace.id, sha, Some(pull.number), "files")
-                    .await?
-            {
+            if store::pull_request_run_exists(conn, &self.workspace.id, pull.number, sha).await? {
                 continue;
             }
             if self.workspace.file_triggers_enabled {
+                let decision = decision("files");
+                if store::skip_recorded(conn, &self.workspace.id, &decision).await? {
+                    continue;
+                }
                 let key = ChangeKey::PullRequest {
                     repo: self.key.clone(),
                     number: pull.number,
@@ -784,20 +826,8 @@ impl<'a> Target<'a> {
                     self.client.pull_request_files(&self.repo, pull.number)
                 });
                 if let Some(reason) = self.skip_reason(files.await) {
-                    let skipped = format!(
-                        "pull request #{} at {}: {reason}",
-                        pull.number,
-                        pull.head_sha.short()
-                    );
-                    store::record_skip(
-                        conn,
-                        &self.workspace.id,
-                        sha,
-                        Some(pull.number),
-                        &skipped,
-                        "files",
-                    )
-                    .await?;
+                    let message = format!("pull request #{} at {short}: {reason}", pull.number);
+                    store::record_skip(conn, &self.workspace.id, &decision, &message).await?;
                     continue;
                 }
             }

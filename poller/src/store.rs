@@ -8,7 +8,8 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use terrapod_shared::archives::StoredArchive;
 use terrapod_shared::db::models::{VcsConnection, Workspace};
 use terrapod_shared::db::schema::{
-    commit_archives, configuration_archives, runs, vcs_connections, vcs_events, workspaces,
+    commit_archives, configuration_archives, runs, vcs_connections, vcs_events,
+    workspace_seen_tags, workspaces,
 };
 use terrapod_shared::domain::{CommitSha, Provider, TriggerReason};
 use terrapod_shared::ids::{VcsConnectionId, WorkspaceId};
@@ -497,53 +498,152 @@ pub async fn remember_refusal(
         .map(drop)
 }
 
-/// The key that makes a decision about one head recorded once.
-fn decision_key(commit_sha: &str, pull_request: Option<i64>, what: &str) -> String {
-    match pull_request {
-        Some(number) => format!("{what}:pr-{number}:{commit_sha}"),
-        None => format!("{what}:push:{commit_sha}"),
+/// What a decision not to run was about: the key that records it once per head and
+/// per VCS settings generation (a PATCH of the triggers makes the head judged again).
+pub struct Decision<'a> {
+    pub commit_sha: &'a str,
+    pub pull_request: Option<i64>,
+    /// `files`, `fork` or `speculative`.
+    pub reason: &'static str,
+    pub generation: i64,
+}
+
+impl Decision<'_> {
+    fn key(&self) -> String {
+        let subject = match self.pull_request {
+            Some(number) => format!("pr-{number}"),
+            None => "push".to_owned(),
+        };
+        format!(
+            "{}:g{}:{subject}:{}",
+            self.reason, self.generation, self.commit_sha
+        )
     }
 }
 
-/// Records, once per head, that a change got no run and why (the event log).
+/// Records, once, that a change got no run and why (the event log) — only while the
+/// workspace's settings are still those the decision was taken under.
 pub async fn record_skip(
     conn: &mut AsyncPgConnection,
     workspace: &WorkspaceId,
-    commit_sha: &str,
-    pull_request: Option<i64>,
+    decision: &Decision<'_>,
     message: &str,
-    what: &str,
 ) -> QueryResult<()> {
-    diesel::insert_into(vcs_events::table)
+    diesel::sql_query(
+        "INSERT INTO vcs_events (workspace_id, kind, commit_sha, pull_request_number, message, dedup_key)
+         SELECT id, 'skipped', $2, $3, $4, $5 FROM workspaces
+         WHERE id = $1 AND vcs_settings_generation = $6
+         ON CONFLICT DO NOTHING",
+    )
+    .bind::<Text, _>(workspace.as_str())
+    .bind::<Text, _>(decision.commit_sha)
+    .bind::<Nullable<BigInt>, _>(decision.pull_request)
+    .bind::<Text, _>(message)
+    .bind::<Text, _>(decision.key())
+    .bind::<BigInt, _>(decision.generation)
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
+/// Whether this decision was recorded already.
+pub async fn skip_recorded(
+    conn: &mut AsyncPgConnection,
+    workspace: &WorkspaceId,
+    decision: &Decision<'_>,
+) -> QueryResult<bool> {
+    diesel::select(diesel::dsl::exists(
+        vcs_events::table
+            .filter(vcs_events::workspace_id.eq(workspace))
+            .filter(vcs_events::dedup_key.eq(decision.key())),
+    ))
+    .get_result(conn)
+    .await
+}
+
+/// The first poll of a tag-driven workspace: every tag present is recorded as seen
+/// (no runs), under the settings the poll read. False when they changed meanwhile.
+pub async fn baseline_tags(
+    conn: &mut AsyncPgConnection,
+    workspace: &Workspace,
+    tags: &[terrapod_shared::vcs::Tag],
+) -> QueryResult<bool> {
+    use diesel::upsert::excluded;
+    use diesel_async::AsyncConnection;
+    conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+        let marked = diesel::update(workspaces::table.find(&workspace.id))
+            .filter(workspaces::vcs_settings_generation.eq(workspace.vcs_settings_generation))
+            .filter(workspaces::vcs_tags_baselined_at.is_null())
+            .set(workspaces::vcs_tags_baselined_at.eq(diesel::dsl::now))
+            .execute(conn)
+            .await?;
+        if marked == 0 {
+            return Ok(false);
+        }
+        for chunk in tags.chunks(1000) {
+            let rows: Vec<_> = chunk
+                .iter()
+                .map(|tag| {
+                    (
+                        workspace_seen_tags::workspace_id.eq(&workspace.id),
+                        workspace_seen_tags::name.eq(&tag.name),
+                        workspace_seen_tags::commit_sha.eq(tag.sha.as_str()),
+                    )
+                })
+                .collect();
+            diesel::insert_into(workspace_seen_tags::table)
+                .values(rows)
+                .on_conflict((workspace_seen_tags::workspace_id, workspace_seen_tags::name))
+                .do_update()
+                .set(workspace_seen_tags::commit_sha.eq(excluded(workspace_seen_tags::commit_sha)))
+                .execute(conn)
+                .await?;
+        }
+        Ok(true)
+    })
+    .await
+}
+
+/// The tags a workspace has seen, by name, with their commits.
+pub async fn seen_tags(
+    conn: &mut AsyncPgConnection,
+    workspace: &WorkspaceId,
+) -> QueryResult<std::collections::HashMap<String, String>> {
+    workspace_seen_tags::table
+        .filter(workspace_seen_tags::workspace_id.eq(workspace))
+        .select((workspace_seen_tags::name, workspace_seen_tags::commit_sha))
+        .load::<(String, String)>(conn)
+        .await
+        .map(|rows| rows.into_iter().collect())
+}
+
+/// Records that a tag was seen at a commit (after its run, if it got one).
+pub async fn mark_tag_seen(
+    conn: &mut AsyncPgConnection,
+    workspace: &WorkspaceId,
+    name: &str,
+    commit_sha: &str,
+) -> QueryResult<()> {
+    diesel::insert_into(workspace_seen_tags::table)
         .values((
-            vcs_events::workspace_id.eq(workspace),
-            vcs_events::kind.eq("run_skipped"),
-            vcs_events::commit_sha.eq(commit_sha),
-            vcs_events::pull_request_number.eq(pull_request),
-            vcs_events::message.eq(message),
-            vcs_events::dedup_key.eq(decision_key(commit_sha, pull_request, what)),
+            workspace_seen_tags::workspace_id.eq(workspace),
+            workspace_seen_tags::name.eq(name),
+            workspace_seen_tags::commit_sha.eq(commit_sha),
         ))
-        .on_conflict_do_nothing()
+        .on_conflict((workspace_seen_tags::workspace_id, workspace_seen_tags::name))
+        .do_update()
+        .set(workspace_seen_tags::commit_sha.eq(commit_sha))
         .execute(conn)
         .await
         .map(drop)
 }
 
-/// Whether a decision not to run this head was recorded already.
-pub async fn skip_recorded(
-    conn: &mut AsyncPgConnection,
-    workspace: &WorkspaceId,
-    commit_sha: &str,
-    pull_request: Option<i64>,
-    what: &str,
-) -> QueryResult<bool> {
-    diesel::select(diesel::dsl::exists(
-        vcs_events::table
-            .filter(vcs_events::workspace_id.eq(workspace))
-            .filter(vcs_events::dedup_key.eq(decision_key(commit_sha, pull_request, what))),
-    ))
-    .get_result(conn)
-    .await
+/// Drops events older than `days`.
+pub async fn purge_vcs_events(conn: &mut AsyncPgConnection, days: i32) -> QueryResult<usize> {
+    diesel::sql_query("DELETE FROM vcs_events WHERE created_at < now() - make_interval(days => $1)")
+        .bind::<diesel::sql_types::Integer, _>(days)
+        .execute(conn)
+        .await
 }
 
 /// Advances the last SHA to `head` without a run (its changes concern other files),
@@ -565,7 +665,13 @@ pub async fn advance_without_run(
             .execute(conn)
             .await?;
         if advanced == 1 {
-            record_skip(conn, &workspace.id, head.as_str(), None, message, "files").await?;
+            let decision = Decision {
+                commit_sha: head.as_str(),
+                pull_request: None,
+                reason: "files",
+                generation: workspace.vcs_settings_generation,
+            };
+            record_skip(conn, &workspace.id, &decision, message).await?;
         }
         Ok(advanced == 1)
     })

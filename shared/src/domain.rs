@@ -226,7 +226,7 @@ string_enum!(
 string_enum!(ConnectionStatus { Active => "active", Disabled => "disabled" });
 string_enum!(ExecutionMode { Remote => "remote", Local => "local", Agent => "agent" });
 string_enum!(Role { Admin => "admin", Member => "member" });
-string_enum!(TriggerReason { Push => "push", PullRequest => "pull_request" });
+string_enum!(TriggerReason { Push => "push", PullRequest => "pull_request", Tag => "tag" });
 string_enum!(
     /// The subset of TFE run states this service creates or moves runs through.
     RunStatus {

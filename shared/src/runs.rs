@@ -34,6 +34,8 @@ pub enum VcsTrigger {
         head_ref: String,
         title: String,
     },
+    /// A tag matching the workspace's `vcs_tags_regex`, new or moved to this commit.
+    Tag { name: String },
 }
 
 pub struct NewVcsRun<'a> {
@@ -74,7 +76,11 @@ impl From<DieselError> for Abort {
             DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info)
                 if matches!(
                     info.constraint_name(),
-                    Some("runs_one_push_run_per_commit" | "runs_one_pull_request_run_per_head")
+                    Some(
+                        "runs_one_push_run_per_commit"
+                            | "runs_one_pull_request_run_per_head"
+                            | "runs_one_tag_run_per_commit"
+                    )
                 ) =>
             {
                 Abort::Duplicate
@@ -113,6 +119,13 @@ pub fn run_message(commit_sha: &CommitSha, trigger: &VcsTrigger) -> String {
                 truncate(first_line(title))
             )
         }
+        VcsTrigger::Tag { name } => {
+            format!(
+                "Triggered by tag {} at {}",
+                truncate(name),
+                commit_sha.short()
+            )
+        }
     }
 }
 
@@ -149,6 +162,7 @@ pub async fn create_vcs_run(
 
 async fn record(conn: &mut AsyncPgConnection, new: &NewVcsRun<'_>) -> Result<RunCreation, Abort> {
     let sha = new.commit_sha.as_str();
+    let mut tag = None;
     let (branch, pull_request_number, plan_only, reason, auto_apply) = match &new.trigger {
         VcsTrigger::Push {
             branch,
@@ -190,6 +204,21 @@ async fn record(conn: &mut AsyncPgConnection, new: &NewVcsRun<'_>) -> Result<Run
                 TriggerReason::Push,
                 auto_apply,
             )
+        }
+        VcsTrigger::Tag { name } => {
+            // Read under the row lock, with the settings the poll read (a PATCH of the
+            // regex or the repository since then supersedes the poll).
+            let auto_apply: bool = workspaces::table
+                .find(new.workspace_id)
+                .filter(workspaces::vcs_settings_generation.eq(new.settings_generation))
+                .select(workspaces::auto_apply)
+                .for_update()
+                .first(conn)
+                .await
+                .optional()?
+                .ok_or(Abort::Superseded)?;
+            tag = Some(name.clone());
+            (String::new(), None, false, TriggerReason::Tag, auto_apply)
         }
         // Speculative plans never apply.
         VcsTrigger::PullRequest {
@@ -233,6 +262,7 @@ async fn record(conn: &mut AsyncPgConnection, new: &NewVcsRun<'_>) -> Result<Run
             runs::vcs_commit_sha.eq(sha),
             runs::vcs_branch.eq(&branch),
             runs::vcs_pull_request_number.eq(pull_request_number),
+            runs::vcs_tag.eq(&tag),
         ))
         .execute(conn)
         .await?;

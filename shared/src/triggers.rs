@@ -7,6 +7,8 @@ use crate::domain::{ParseError, WorkingDirectory};
 
 /// The most prefixes or patterns one workspace may have.
 pub const MAX_TRIGGERS: usize = 100;
+/// The longest pattern accepted.
+const MAX_PATTERN_BYTES: usize = 1024;
 
 /// The files a change touches, as far as the provider could tell.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,8 +30,12 @@ pub struct TriggerRules {
 /// Normalises one trigger prefix like a working directory; the root is refused (it
 /// would make every change trigger: leave file triggers off instead).
 pub fn parse_prefix(raw: &str) -> Result<String, ParseError> {
-    let directory = WorkingDirectory::parse(raw.trim())
-        .map_err(|err| ParseError(format!("trigger-prefixes: {err}")))?;
+    let directory = WorkingDirectory::parse(raw.trim()).map_err(|_| {
+        ParseError(format!(
+            "trigger-prefixes: `{}` must be a directory relative to the repository root, without `..`",
+            raw.escape_debug()
+        ))
+    })?;
     if directory.as_str().is_empty() {
         return Err(ParseError(format!(
             "trigger-prefixes: `{raw}` is the repository root"
@@ -40,7 +46,16 @@ pub fn parse_prefix(raw: &str) -> Result<String, ParseError> {
 
 /// Checks one trigger pattern: `*` within a segment, `**` across segments, `?`, `[...]`.
 pub fn parse_pattern(raw: &str) -> Result<String, ParseError> {
-    let pattern = raw.trim().trim_start_matches('/');
+    let pattern = raw.trim();
+    let pattern = pattern
+        .strip_prefix("./")
+        .unwrap_or(pattern)
+        .trim_start_matches('/');
+    if pattern.len() > MAX_PATTERN_BYTES {
+        return Err(ParseError(format!(
+            "trigger-patterns: longer than {MAX_PATTERN_BYTES} bytes"
+        )));
+    }
     if pattern.is_empty() || pattern.chars().any(char::is_control) {
         return Err(ParseError(format!(
             "trigger-patterns: `{}` is not a pattern",
@@ -49,6 +64,25 @@ pub fn parse_pattern(raw: &str) -> Result<String, ParseError> {
     }
     glob(pattern).map_err(|err| ParseError(format!("trigger-patterns: `{raw}`: {err}")))?;
     Ok(pattern.to_owned())
+}
+
+/// The longest `vcs-tags-regex`, and the most memory its compiled form may take: a
+/// user's pattern must not cost the poller more than a tag list does.
+const MAX_TAGS_REGEX_CHARS: usize = 500;
+const MAX_TAGS_REGEX_BYTES: usize = 1 << 20;
+
+/// Compiles a workspace's `vcs-tags-regex` (Rust `regex` syntax, unanchored unless it
+/// anchors itself, as TFE's).
+pub fn parse_tags_regex(raw: &str) -> Result<regex::Regex, ParseError> {
+    if raw.chars().count() > MAX_TAGS_REGEX_CHARS {
+        return Err(ParseError(format!(
+            "vcs-tags-regex: longer than {MAX_TAGS_REGEX_CHARS} characters"
+        )));
+    }
+    regex::RegexBuilder::new(raw)
+        .size_limit(MAX_TAGS_REGEX_BYTES)
+        .build()
+        .map_err(|err| ParseError(format!("vcs-tags-regex: {err}")))
 }
 
 fn glob(pattern: &str) -> Result<globset::Glob, globset::Error> {
@@ -147,6 +181,21 @@ mod tests {
     }
 
     #[test]
+    fn tag_regexes_are_checked_and_bounded() {
+        let regex = parse_tags_regex(r"^v\d+\.\d+\.\d+$").unwrap();
+        assert!(regex.is_match("v1.2.3") && !regex.is_match("v1.2") && !regex.is_match("nightly"));
+        assert!(parse_tags_regex("(unclosed")
+            .unwrap_err()
+            .to_string()
+            .contains("vcs-tags-regex"));
+        assert!(parse_tags_regex(&"a".repeat(501)).is_err());
+        assert!(
+            parse_tags_regex(r"\w{1000}\w{1000}").is_err(),
+            "too large once compiled"
+        );
+    }
+
+    #[test]
     fn bad_prefixes_and_patterns_are_refused_with_their_value() {
         for bad in ["/", "", "../up", "a/../../b"] {
             assert!(parse_prefix(bad).is_err(), "{bad}");
@@ -156,5 +205,7 @@ mod tests {
         assert!(err.to_string().contains("envs/[prod"), "{err}");
         assert!(parse_pattern("").is_err());
         assert_eq!(parse_pattern("/modules/**").unwrap(), "modules/**");
+        assert_eq!(parse_pattern("./envs/*.tf").unwrap(), "envs/*.tf");
+        assert!(parse_pattern(&"a".repeat(1025)).is_err());
     }
 }

@@ -226,15 +226,23 @@ impl GitRepo {
     /// What changed from the merge base of `base` and `head` to `head` — what GitHub's
     /// `base...head` compare and a pull request's files list — renames detected.
     pub fn changed_files(&self, base: &str, head: &str) -> Result<Vec<ChangedPath>, GitError> {
+        self.diff(&format!("{base}...{head}"))
+    }
+
+    /// What differs between the trees of `base` and `head` (GitLab's `straight`).
+    pub fn tree_changes(&self, base: &str, head: &str) -> Result<Vec<ChangedPath>, GitError> {
+        self.diff(&format!("{base}..{head}"))
+    }
+
+    /// The best common ancestor of two commits.
+    pub fn merge_base(&self, a: &str, b: &str) -> Result<String, GitError> {
+        run(&self.dir, &["merge-base", a, b], &[], None)
+    }
+
+    fn diff(&self, range: &str) -> Result<Vec<ChangedPath>, GitError> {
         let listing = run(
             &self.dir,
-            &[
-                "diff",
-                "--name-status",
-                "-z",
-                "-M",
-                &format!("{base}...{head}"),
-            ],
+            &["diff", "--name-status", "-z", "-M", range],
             &[],
             None,
         )?;

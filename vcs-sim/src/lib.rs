@@ -234,6 +234,31 @@ impl Simulator {
         ops::override_archive(&mut self.sim(), kind, path, sha, bytes).expect("archive override");
     }
 
+    /// Points tag `name` at `sha` (creating or moving it), as `git push --tags` would.
+    pub fn set_tag(&self, kind: Kind, path: &str, name: &str, sha: &str) {
+        let mut sim = self.sim();
+        let repo = sim
+            .repos
+            .get_mut(&state::key(kind, path))
+            .expect("repository exists");
+        assert!(
+            repo.commits.contains_key(sha),
+            "tag {name} at an unknown commit"
+        );
+        repo.tags.insert(name.to_owned(), sha.to_owned());
+    }
+
+    /// Moves `branch` to `sha` without a new commit (a force-push to an older one).
+    pub fn set_branch(&self, kind: Kind, path: &str, branch: &str, sha: &str) {
+        let mut sim = self.sim();
+        let repo = sim
+            .repos
+            .get_mut(&state::key(kind, path))
+            .expect("repository exists");
+        repo.git.set_branch(branch, sha).expect("git update-ref");
+        repo.branches.insert(branch.to_owned(), sha.to_owned());
+    }
+
     /// Makes the repository forget a commit (as after a force-push and garbage
     /// collection): comparisons from it answer 404.
     pub fn forget_commit(&self, kind: Kind, path: &str, sha: &str) {

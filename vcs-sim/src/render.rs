@@ -284,3 +284,24 @@ pub fn gitlab_diff(change: &ChangedPath) -> Value {
         "deleted_file": change.kind == 'D', "generated_file": false,
     })
 }
+
+/// A tag as GitHub lists it (`tag`).
+pub fn github_tag(base: &str, repo: &Repo, name: &str, sha: &str) -> Value {
+    let url = format!("{base}/repos/{}", repo.full_path());
+    json!({
+        "name": name,
+        "commit": {"sha": sha, "url": format!("{url}/commits/{sha}")},
+        "zipball_url": format!("{url}/zipball/refs/tags/{name}"),
+        "tarball_url": format!("{url}/tarball/refs/tags/{name}"),
+        "node_id": format!("REF_{name}"),
+    })
+}
+
+/// A tag as GitLab lists it (lightweight: no message, no release).
+pub fn gitlab_tag(base: &str, repo: &Repo, name: &str, commit: &Commit) -> Value {
+    json!({
+        "name": name, "message": "", "target": commit.sha,
+        "commit": gitlab_commit(base, repo, commit),
+        "release": null, "protected": false, "created_at": null,
+    })
+}

@@ -491,6 +491,7 @@ fn github(req: &HttpRequest, path: &str, ctx: &Context) -> HttpResponse {
                 }
                 ["pulls"] => return github_pulls(req, &mut sim, &full, base),
                 ["compare", spec] => return github_compare(req, &mut sim, &full, base, spec),
+                ["tags"] => return github_tags(req, &mut sim, &full, base),
                 ["pulls", number, "files"] => {
                     return github_pull_files(req, &mut sim, &full, base, number)
                 }
@@ -626,6 +627,72 @@ fn github_pulls(req: &HttpRequest, sim: &mut Sim, full: &str, base: &str) -> Htt
     conditional_json(req, sim, Kind::Github, &value, response)
 }
 
+/// The repository's tags, sorted by name (GitHub and GitLab both list newest-first by
+/// their own ordering; names are enough for the simulator).
+fn sorted_tags(sim: &Sim, kind: Kind, full: &str) -> Vec<(String, String)> {
+    let mut tags: Vec<(String, String)> = sim.repos[&key(kind, full)]
+        .tags
+        .iter()
+        .map(|(name, sha)| (name.clone(), sha.clone()))
+        .collect();
+    tags.sort();
+    tags
+}
+
+/// `GET /repos/{owner}/{repo}/tags`, paginated with `Link`.
+fn github_tags(req: &HttpRequest, sim: &mut Sim, full: &str, base: &str) -> HttpResponse {
+    let tags = sorted_tags(sim, Kind::Github, full);
+    let (per_page, page) = (per_page(req, 30), page(req));
+    let items: Vec<Value> = {
+        let repo = &sim.repos[&key(Kind::Github, full)];
+        tags.iter()
+            .skip((page - 1) * per_page)
+            .take(per_page)
+            .map(|(name, sha)| render::github_tag(base, repo, name, sha))
+            .collect()
+    };
+    let last = tags.len().div_ceil(per_page).max(1);
+    let mut response = HttpResponse::Ok();
+    if page < last {
+        let link = |n: usize, rel: &str| {
+            format!("<{base}/repos/{full}/tags?per_page={per_page}&page={n}>; rel=\"{rel}\"")
+        };
+        response.insert_header((
+            "Link",
+            format!("{}, {}", link(page + 1, "next"), link(last, "last")),
+        ));
+    }
+    conditional_json(req, sim, Kind::Github, &Value::Array(items), response)
+}
+
+/// `GET /projects/:id/repository/tags`, paginated with `X-Next-Page`.
+fn gitlab_tags(req: &HttpRequest, sim: &mut Sim, full: &str, base: &str) -> HttpResponse {
+    let tags = sorted_tags(sim, Kind::Gitlab, full);
+    let (per_page, page) = (per_page(req, 20), page(req));
+    let items: Vec<Value> = {
+        let repo = &sim.repos[&key(Kind::Gitlab, full)];
+        tags.iter()
+            .skip((page - 1) * per_page)
+            .take(per_page)
+            .filter_map(|(name, sha)| Some(render::gitlab_tag(base, repo, name, repo.commit(sha)?)))
+            .collect()
+    };
+    let total_pages = tags.len().div_ceil(per_page).max(1);
+    let mut response = HttpResponse::Ok();
+    let next = if page < total_pages {
+        (page + 1).to_string()
+    } else {
+        String::new()
+    };
+    response
+        .insert_header(("X-Page", page.to_string()))
+        .insert_header(("X-Per-Page", per_page.to_string()))
+        .insert_header(("X-Next-Page", next))
+        .insert_header(("X-Total", tags.len().to_string()))
+        .insert_header(("X-Total-Pages", total_pages.to_string()));
+    conditional_json(req, sim, Kind::Gitlab, &Value::Array(items), response)
+}
+
 /// GitHub lists at most this many files of a comparison, and of a pull request.
 const GITHUB_COMPARE_MAX_FILES: usize = 300;
 const GITHUB_PULL_MAX_FILES: usize = 3000;
@@ -680,6 +747,17 @@ fn github_compare(
             return not_found();
         };
         let commits = commits_between(repo, &from, &to);
+        let merge_base = repo.git.merge_base(&from, &to).unwrap_or_default();
+        let behind = commits_between(repo, &merge_base, &from).len();
+        let status = if from == to {
+            "identical"
+        } else if merge_base == from {
+            "ahead"
+        } else if merge_base == to {
+            "behind"
+        } else {
+            "diverged"
+        };
         let base_commit = render::github_commit(base, repo, &repo.commits[&from]);
         let url = format!("{base}/repos/{full}");
         json!({
@@ -690,8 +768,9 @@ fn github_compare(
             "patch_url": format!("{base}/{full}/compare/{spec}.patch"),
             "base_commit": base_commit.clone(),
             "merge_base_commit": base_commit,
-            "status": if commits.is_empty() { "identical" } else { "ahead" },
-            "ahead_by": commits.len(), "behind_by": 0, "total_commits": commits.len(),
+            "status": status,
+            "ahead_by": if merge_base == from { commits.len() } else { 0 },
+            "behind_by": behind, "total_commits": commits.len(),
             "commits": commits.iter().map(|c| render::github_commit(base, repo, c)).collect::<Vec<_>>(),
             "files": changes.iter().take(GITHUB_COMPARE_MAX_FILES)
                 .map(|c| render::github_diff_entry(base, repo, &to, c)).collect::<Vec<_>>(),
@@ -766,7 +845,13 @@ fn gitlab_compare(req: &HttpRequest, sim: &mut Sim, full: &str, base: &str) -> H
         let (Some(from), Some(to)) = ends else {
             return gitlab_error(StatusCode::NOT_FOUND, "404 Ref Not Found");
         };
-        let Ok(changes) = repo.git.changed_files(&from, &to) else {
+        let straight = param(&pairs, "straight").is_some_and(|v| v == "true");
+        let changes = if straight {
+            repo.git.tree_changes(&from, &to)
+        } else {
+            repo.git.changed_files(&from, &to)
+        };
+        let Ok(changes) = changes else {
             return gitlab_error(StatusCode::NOT_FOUND, "404 Ref Not Found");
         };
         let commits = commits_between(repo, &from, &to);
@@ -934,6 +1019,7 @@ fn gitlab(req: &HttpRequest, path: &str, ctx: &Context) -> Answer {
                 ["merge_requests"] => {
                     return gitlab_merge_requests(req, &mut sim, &full, base).into()
                 }
+                ["repository", "tags"] => return gitlab_tags(req, &mut sim, &full, base).into(),
                 ["repository", "compare"] => {
                     return gitlab_compare(req, &mut sim, &full, base).into()
                 }

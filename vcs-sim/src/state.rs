@@ -65,6 +65,8 @@ pub struct Repo {
     pub default_branch: String,
     pub git: GitRepo,
     pub branches: HashMap<String, String>,
+    /// Tag name → the commit it points at.
+    pub tags: HashMap<String, String>,
     pub commits: HashMap<String, Commit>,
     pub pulls: Vec<Pull>,
     /// Raw archives served instead of `git archive` (hostile-archive tests).
@@ -380,6 +382,7 @@ impl Sim {
             default_branch: default_branch.to_owned(),
             git: GitRepo::init(dir)?,
             branches: HashMap::new(),
+            tags: HashMap::new(),
             commits: HashMap::new(),
             pulls: Vec::new(),
             archive_overrides: HashMap::new(),

@@ -135,6 +135,8 @@ async fn github_responses_validate_against_githubs_openapi_description() {
     sim.add_github_app(42, GITHUB_APP_TEST_PUBLIC_KEY);
     sim.add_installation(7, 42, "acme", None);
     repository_with_open_pull(&sim, Kind::Github, "acme/infra").await;
+    let main = sim.sim().repo(Kind::Github, "acme/infra").unwrap().branches["main"].clone();
+    sim.set_tag(Kind::Github, "acme/infra", "v1.0.0", &main);
     let client = reqwest::Client::new();
     let minted = client
         .post(format!("{}/app/installations/7/access_tokens", sim.url()))
@@ -182,6 +184,11 @@ async fn github_responses_validate_against_githubs_openapi_description() {
             "/repos/{owner}/{repo}/pulls/{pull_number}/files",
             "pull request files",
         ),
+        (
+            "/repos/acme/infra/tags?per_page=100",
+            "/repos/{owner}/{repo}/tags",
+            "tags",
+        ),
     ] {
         let response = client
             .get(format!("{}{path}", sim.url()))
@@ -209,6 +216,9 @@ async fn github_responses_validate_against_githubs_openapi_description() {
         if what == "comparison" {
             assert_eq!(body["files"][0]["filename"], "a.tf");
             assert_eq!(body["ahead_by"], 1);
+        }
+        if what == "tags" {
+            assert_eq!(body[0]["name"], "v1.0.0");
         }
         if what == "pull request files" {
             assert_eq!(body[0]["filename"], "a.tf");

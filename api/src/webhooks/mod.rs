@@ -112,7 +112,7 @@ impl Hook {
         match (self, header(req, self.event_header()).unwrap_or_default()) {
             (Hook::GitHub, "push" | "pull_request") => Event::Change,
             (Hook::GitHub, "ping") => Event::Ping,
-            (Hook::GitLab, "Push Hook" | "Merge Request Hook") => Event::Change,
+            (Hook::GitLab, "Push Hook" | "Tag Push Hook" | "Merge Request Hook") => Event::Change,
             _ => Event::Other,
         }
     }

@@ -58,6 +58,8 @@ async fn workspaces_that_existed_before_file_triggers_keep_running_every_commit(
         .unwrap();
     tokio::task::spawn_blocking(move || {
         let mut harness = diesel_async::AsyncMigrationHarness::new(conn);
+        // Tags (000009), then file triggers (000008).
+        harness.revert_last_migration(MIGRATIONS).unwrap();
         harness.revert_last_migration(MIGRATIONS).unwrap();
         let mut conn = harness.into_inner();
         tokio::runtime::Handle::current().block_on(async {

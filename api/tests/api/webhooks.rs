@@ -811,3 +811,65 @@ async fn a_webhook_body_that_never_arrives_times_out_and_bodies_in_flight_are_bo
         );
     }
 }
+
+#[tokio::test]
+async fn tag_pushes_queue_a_poll_on_both_providers() {
+    let app = app_with_webhooks(&[]).await;
+    let connection = app.create_github_connection("gh", 300).await;
+    let created = app
+        .create_workspace(
+            "tags",
+            connection["id"].as_str(),
+            "https://github.com/acme/app",
+        )
+        .await;
+    let id = created.json::<Value>().await.unwrap()["data"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    drain_poll_messages(&app).await;
+    let body = serde_json::to_vec(&json!({
+        "ref": "refs/tags/v1.2.0", "after": "1".repeat(40),
+        "repository": {"full_name": "acme/app"}, "installation": {"id": 300},
+    }))
+    .unwrap();
+    let response = github_hook(
+        &app,
+        "push",
+        "tag-1",
+        &body,
+        Some(signed(&body, GITHUB_SECRET)),
+    )
+    .await;
+    assert_eq!(response.status(), 202);
+    let queued: Vec<String> = drain_poll_messages(&app)
+        .await
+        .into_iter()
+        .map(|m| m.workspace_id)
+        .collect();
+    assert_eq!(queued, vec![id]);
+
+    let gitlab = app.create_gitlab_connection("gl", "glpat-x").await;
+    let created = app
+        .create_workspace(
+            "gl-tags",
+            gitlab["id"].as_str(),
+            "https://gitlab.com/group/app.git",
+        )
+        .await;
+    let gl_id = created.json::<Value>().await.unwrap()["data"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    drain_poll_messages(&app).await;
+    let tag_push = json!({"object_kind": "tag_push", "ref": "refs/tags/v1.2.0",
+        "project": {"path_with_namespace": "group/app"}});
+    let response = gitlab_hook(&app, "Tag Push Hook", GITLAB_SECRET, "t-1", &tag_push).await;
+    assert_eq!(json_message(response, 202).await, "accepted");
+    let queued: Vec<String> = drain_poll_messages(&app)
+        .await
+        .into_iter()
+        .map(|m| m.workspace_id)
+        .collect();
+    assert_eq!(queued, vec![gl_id]);
+}

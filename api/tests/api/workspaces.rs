@@ -403,7 +403,7 @@ async fn file_trigger_settings_have_defaults_round_trip_and_refuse_bad_values() 
             "trigger-prefixes",
         ),
         (json!({"trigger-prefixes": ["/"]}), "trigger-prefixes"),
-        (json!({"vcs-tags-regex": "^v\\d+"}), "vcs-tags-regex"),
+        (json!({"vcs-tags-regex": "v(1"}), "vcs-tags-regex"),
         (
             json!({"file-triggers-enabled": "yes"}),
             "expected a boolean",
@@ -419,4 +419,27 @@ async fn file_trigger_settings_have_defaults_round_trip_and_refuse_bad_values() 
         )
         .await;
     assert_error(created, 422).await;
+    // A tag-driven workspace: the regex is stored and echoed; `null` unsets it.
+    let tagged = app
+        .patch(
+            &path,
+            &workspace(json!({"vcs-tags-regex": "^v\\d+\\.\\d+$"})),
+        )
+        .await;
+    assert_eq!(tagged.status(), 200);
+    let tagged: Value = tagged.json().await.unwrap();
+    assert_eq!(
+        tagged["data"]["attributes"]["vcs-tags-regex"],
+        "^v\\d+\\.\\d+$"
+    );
+    let untagged: Value = app
+        .patch(&path, &workspace(json!({"vcs-tags-regex": null})))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        untagged["data"]["attributes"]["vcs-tags-regex"],
+        Value::Null
+    );
 }

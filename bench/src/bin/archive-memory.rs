@@ -117,6 +117,7 @@ async fn main() {
                 trigger_prefixes: &[],
                 trigger_patterns: &[],
                 speculative_enabled: true,
+                vcs_tags_regex: None,
             })
             .execute(&mut conn)
             .await

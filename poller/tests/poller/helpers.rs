@@ -167,6 +167,7 @@ impl World {
                 trigger_prefixes: &[],
                 trigger_patterns: &[],
                 speculative_enabled: true,
+                vcs_tags_regex: None,
             })
             .execute(&mut conn)
             .await

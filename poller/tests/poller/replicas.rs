@@ -131,6 +131,7 @@ async fn three_replicas_racing_over_fifty_workspaces_create_exactly_one_run_per_
                 run.vcs_pull_request_number,
                 run.vcs_commit_sha.clone(),
             )),
+            TriggerReason::Tag => panic!("no workspace here follows tags: {run:?}"),
         };
         assert!(fresh, "duplicate run {run:?}");
     }

@@ -37,7 +37,7 @@ async fn skips(world: &World, workspace: &WorkspaceId) -> Vec<String> {
     let mut conn = world.db.connection().await;
     vcs_events::table
         .filter(vcs_events::workspace_id.eq(workspace))
-        .filter(vcs_events::kind.eq("run_skipped"))
+        .filter(vcs_events::kind.eq("skipped"))
         .order(vcs_events::id.asc())
         .select(vcs_events::message)
         .load(&mut conn)
@@ -332,4 +332,110 @@ async fn fifty_workspaces_in_different_directories_share_one_comparison() {
         "one comparison for 50 workspaces"
     );
     assert_eq!(world.runs(&workspaces[7]).await.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_force_push_back_to_an_older_commit_runs_when_it_undoes_the_directory() {
+    for kind in [Kind::Github, Kind::Gitlab] {
+        let world = World::new().await;
+        world.sim.create_repo(kind, "acme/mono", TREE);
+        let ws = world.workspace("prod", kind, "acme/mono", "main").await;
+        filter(&world, &ws, "envs/prod", &[], &[]).await;
+        let ctx = world.context(&[]);
+        assert_eq!(polled(poll(&ctx, &ws).await), (1, None));
+        let docs = world
+            .sim
+            .commit(kind, "acme/mono", "main", "docs", &[("README.md", "d")])
+            .await;
+        assert_eq!(polled(poll(&ctx, &ws).await), (0, None));
+        world
+            .sim
+            .commit(
+                kind,
+                "acme/mono",
+                "main",
+                "prod",
+                &[("envs/prod/p.tf", "p")],
+            )
+            .await;
+        assert_eq!(polled(poll(&ctx, &ws).await), (1, None));
+        // The branch goes back to `docs`: envs/prod/p.tf disappears, which is a change.
+        world.sim.set_branch(kind, "acme/mono", "main", &docs);
+        assert_eq!(polled(poll(&ctx, &ws).await), (1, None), "{kind:?}");
+        assert_eq!(world.runs(&ws).await.last().unwrap().vcs_commit_sha, docs);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_driven_workspace_runs_once_per_new_or_moved_matching_tag() {
+    for kind in [Kind::Github, Kind::Gitlab] {
+        let world = World::new().await;
+        let first = world.sim.create_repo(kind, "acme/app", &[("main.tf", "")]);
+        world.sim.set_tag(kind, "acme/app", "v1.0.0", &first);
+        world.sim.set_tag(kind, "acme/app", "v1.1.0", &first);
+        let ws = world.workspace("release", kind, "acme/app", "main").await;
+        {
+            let mut conn = world.db.connection().await;
+            diesel::update(workspaces::table.find(&ws))
+                .set(workspaces::vcs_tags_regex.eq(r"^v\d+\.\d+\.\d+$"))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+        let ctx = world.context(&[]);
+        // The first poll records the tags present: no runs, not even for the branch.
+        assert_eq!(
+            polled(poll(&ctx, &ws).await),
+            (0, None),
+            "{kind:?}: baseline"
+        );
+        assert!(world.row(&ws).await.vcs_tags_baselined_at.is_some());
+        // Branch commits are not followed; a new matching tag is.
+        let second = world
+            .sim
+            .commit(kind, "acme/app", "main", "next", &[("b.tf", "b")])
+            .await;
+        assert_eq!(
+            polled(poll(&ctx, &ws).await),
+            (0, None),
+            "{kind:?}: branch commit"
+        );
+        world.sim.set_tag(kind, "acme/app", "v2.0.0", &second);
+        world.sim.set_tag(kind, "acme/app", "nightly", &second);
+        assert_eq!(
+            polled(poll(&ctx, &ws).await),
+            (1, None),
+            "{kind:?}: new tag"
+        );
+        let runs = world.runs(&ws).await;
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].trigger_reason, TriggerReason::Tag);
+        assert_eq!(runs[0].vcs_tag.as_deref(), Some("v2.0.0"));
+        assert_eq!(runs[0].vcs_commit_sha, second);
+        assert!(!runs[0].plan_only);
+        // Nothing new: one more poll makes no run and, on GitHub, counts no request.
+        let before = world.sim.stats(kind);
+        assert_eq!(polled(poll(&ctx, &ws).await), (0, None));
+        let after = world.sim.stats(kind);
+        if kind == Kind::Github {
+            assert_eq!(after.counted, before.counted, "an idle tag list is a 304");
+        }
+        // A tag moved to another commit counts as new for that commit.
+        let third = world
+            .sim
+            .commit(kind, "acme/app", "main", "fix", &[("c.tf", "c")])
+            .await;
+        world.sim.set_tag(kind, "acme/app", "v2.0.0", &third);
+        assert_eq!(
+            polled(poll(&ctx, &ws).await),
+            (1, None),
+            "{kind:?}: moved tag"
+        );
+        let runs = world.runs(&ws).await;
+        assert_eq!(runs.len(), 2);
+        assert_eq!(
+            (runs[1].vcs_tag.as_deref(), runs[1].vcs_commit_sha.as_str()),
+            (Some("v2.0.0"), third.as_str())
+        );
+    }
 }

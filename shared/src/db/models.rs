@@ -105,6 +105,9 @@ pub struct Workspace {
     pub trigger_prefixes: Vec<String>,
     pub trigger_patterns: Vec<String>,
     pub speculative_enabled: bool,
+    /// When set, the workspace follows matching tags instead of branch commits.
+    pub vcs_tags_regex: Option<String>,
+    pub vcs_tags_baselined_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Insertable)]
@@ -125,6 +128,7 @@ pub struct NewWorkspace<'a> {
     pub trigger_prefixes: &'a [String],
     pub trigger_patterns: &'a [String],
     pub speculative_enabled: bool,
+    pub vcs_tags_regex: Option<&'a str>,
 }
 
 /// A partial update; `None` leaves a column as it is.
@@ -147,6 +151,8 @@ pub struct WorkspaceChanges {
     pub trigger_prefixes: Option<Vec<String>>,
     pub trigger_patterns: Option<Vec<String>>,
     pub speculative_enabled: Option<bool>,
+    pub vcs_tags_regex: Option<Option<String>>,
+    pub vcs_tags_baselined_at: Option<Option<DateTime<Utc>>>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Identifiable)]
@@ -183,4 +189,6 @@ pub struct Run {
     pub vcs_pull_request_number: Option<i64>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The tag whose push or move made a `tag` run.
+    pub vcs_tag: Option<String>,
 }

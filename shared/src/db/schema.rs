@@ -66,6 +66,16 @@ diesel::table! {
         trigger_prefixes -> Array<Text>,
         trigger_patterns -> Array<Text>,
         speculative_enabled -> Bool,
+        vcs_tags_regex -> Nullable<Text>,
+        vcs_tags_baselined_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    workspace_seen_tags (workspace_id, name) {
+        workspace_id -> Text,
+        name -> Text,
+        commit_sha -> Text,
     }
 }
 
@@ -152,6 +162,7 @@ diesel::table! {
         vcs_pull_request_number -> Nullable<Int8>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        vcs_tag -> Nullable<Text>,
     }
 }
 
@@ -165,6 +176,7 @@ diesel::joinable!(commit_archives -> vcs_connections (connection_id));
 diesel::joinable!(commit_archives -> configuration_archives (archive_sha256));
 diesel::joinable!(runs -> workspaces (workspace_id));
 diesel::joinable!(vcs_events -> workspaces (workspace_id));
+diesel::joinable!(workspace_seen_tags -> workspaces (workspace_id));
 diesel::joinable!(runs -> configuration_versions (configuration_version_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
@@ -179,4 +191,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     runs,
     webhook_deliveries,
     vcs_events,
+    workspace_seen_tags,
 );

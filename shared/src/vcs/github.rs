@@ -19,7 +19,7 @@ use super::budget::{BudgetKey, Priority};
 use super::http::{status_error, Credential, Endpoint, JsonResponse, ProviderRequest};
 use super::{
     archive_download, encode_ref_path, first_line, origin_of, parse_body, parse_sha,
-    repack_blocking, sha256_hex, ArchiveLimits, BranchHead, PullRequest, Repacked, RepoUrl,
+    repack_blocking, sha256_hex, ArchiveLimits, BranchHead, PullRequest, Repacked, RepoUrl, Tag,
     VcsError, VcsProvider, VcsShared,
 };
 use crate::domain::{CommitSha, Provider};
@@ -41,7 +41,20 @@ const COMPARE_MAX_FILES: usize = 300;
 const PULL_MAX_FILES: usize = 3000;
 
 #[derive(Deserialize)]
+struct TagEntry {
+    name: String,
+    commit: TagCommit,
+}
+
+#[derive(Deserialize)]
+struct TagCommit {
+    sha: String,
+}
+
+#[derive(Deserialize)]
 struct Comparison {
+    /// `ahead`, `behind`, `diverged` or `identical`.
+    status: String,
     #[serde(default)]
     files: Vec<DiffEntry>,
 }
@@ -436,6 +449,30 @@ impl VcsProvider for GitHubClient {
         })
     }
 
+    async fn tags(&self, repo: &RepoUrl) -> Result<Vec<Tag>, VcsError> {
+        let what = format!("tags of {}", repo.full_path());
+        let mut url = format!("{}/tags?per_page=100", self.repo_url(repo));
+        let mut tags = Vec::new();
+        for _ in 0..MAX_PAGES {
+            let response = self.get(&url, &what).await?;
+            let page: Vec<TagEntry> = parse_body(PROVIDER, &response.body)?;
+            for tag in page {
+                tags.push(Tag {
+                    sha: parse_sha(PROVIDER, &tag.commit.sha)?,
+                    name: tag.name,
+                });
+            }
+            match next_link(&response.headers) {
+                Some(next) => url = self.next_page(next)?,
+                None => return Ok(tags),
+            }
+        }
+        Err(VcsError::InvalidResponse {
+            provider: PROVIDER,
+            detail: format!("more than {MAX_PAGES} pages of tags"),
+        })
+    }
+
     async fn changed_files(
         &self,
         repo: &RepoUrl,
@@ -448,24 +485,20 @@ impl VcsProvider for GitHubClient {
             head.short(),
             repo.full_path()
         );
-        let mut url = format!(
-            "{}/compare/{base}...{head}?per_page=100",
-            self.repo_url(repo)
-        );
-        let mut files = Vec::new();
-        for _ in 0..MAX_PAGES {
-            let response = self.get(&url, &what).await?;
-            let page: Comparison = parse_body(PROVIDER, &response.body)?;
-            if page.files.len() >= COMPARE_MAX_FILES {
-                return Ok(ChangedFiles::Truncated);
-            }
-            paths_of(page.files, &mut files);
-            match next_link(&response.headers) {
-                Some(next) => url = self.next_page(next)?,
-                None => return Ok(ChangedFiles::Known(files)),
-            }
+        // One request: pages split the commits, and the files (300 at most) come with
+        // the first page only.
+        let url = format!("{}/compare/{base}...{head}", self.repo_url(repo));
+        let response = self.get(&url, &what).await?;
+        let comparison: Comparison = parse_body(PROVIDER, &response.body)?;
+        // `base...head` lists the changes since the merge base: they are the changes
+        // from `base` only when `head` is ahead of it. A head that went back (a
+        // force-push to an older commit) or elsewhere undoes changes the list omits.
+        if comparison.status != "ahead" || comparison.files.len() >= COMPARE_MAX_FILES {
+            return Ok(ChangedFiles::Truncated);
         }
-        Ok(ChangedFiles::Truncated)
+        let mut files = Vec::new();
+        paths_of(comparison.files, &mut files);
+        Ok(ChangedFiles::Known(files))
     }
 
     async fn pull_request_files(

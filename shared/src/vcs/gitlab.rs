@@ -11,8 +11,8 @@ use super::budget::{BudgetKey, Priority};
 use super::http::{Credential, Endpoint, JsonResponse, ProviderRequest};
 use super::{
     archive_download, encode, first_line, origin_of, parse_body, parse_sha, repack_blocking,
-    sha256_hex, ArchiveLimits, BranchHead, PullRequest, Repacked, RepoUrl, VcsError, VcsProvider,
-    VcsShared,
+    sha256_hex, ArchiveLimits, BranchHead, PullRequest, Repacked, RepoUrl, Tag, VcsError,
+    VcsProvider, VcsShared,
 };
 use crate::domain::{CommitSha, Provider};
 use crate::triggers::ChangedFiles;
@@ -21,6 +21,17 @@ const PROVIDER: Provider = Provider::GitLab;
 const MAX_PAGES: usize = 100;
 /// GitLab's default limit of files in one diff: a comparison this long may be cut.
 const COMPARE_MAX_FILES: usize = 1000;
+
+#[derive(Deserialize)]
+struct TagEntry {
+    name: String,
+    commit: TagCommit,
+}
+
+#[derive(Deserialize)]
+struct TagCommit {
+    id: String,
+}
 
 #[derive(Deserialize)]
 struct Comparison {
@@ -216,6 +227,39 @@ impl VcsProvider for GitLabClient {
         })
     }
 
+    async fn tags(&self, repo: &RepoUrl) -> Result<Vec<Tag>, VcsError> {
+        let what = format!("tags of {}", repo.full_path());
+        let mut tags = Vec::new();
+        let mut page = 1;
+        for _ in 0..MAX_PAGES {
+            let url = format!(
+                "{}/repository/tags?per_page=100&page={page}",
+                self.project_url(repo)
+            );
+            let response = self.get(&url, &what).await?;
+            let batch: Vec<TagEntry> = parse_body(PROVIDER, &response.body)?;
+            for tag in batch {
+                tags.push(Tag {
+                    sha: parse_sha(PROVIDER, &tag.commit.id)?,
+                    name: tag.name,
+                });
+            }
+            let next = response
+                .headers
+                .get("x-next-page")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u32>().ok());
+            match next {
+                Some(next) if next > page => page = next,
+                _ => return Ok(tags),
+            }
+        }
+        Err(VcsError::InvalidResponse {
+            provider: PROVIDER,
+            detail: format!("more than {MAX_PAGES} pages of tags"),
+        })
+    }
+
     async fn changed_files(
         &self,
         repo: &RepoUrl,
@@ -228,8 +272,10 @@ impl VcsProvider for GitLabClient {
             head.short(),
             repo.full_path()
         );
+        // `straight`: the trees of the two commits compared directly, so a head that
+        // went back (a force-push to an older commit) lists what it undid.
         let url = format!(
-            "{}/repository/compare?from={base}&to={head}&straight=false",
+            "{}/repository/compare?from={base}&to={head}&straight=true",
             self.project_url(repo)
         );
         let response = self.get(&url, &what).await?;
@@ -258,6 +304,10 @@ impl VcsProvider for GitLabClient {
             let response = self.get(&url, &what).await?;
             let batch: Vec<Diff> = parse_body(PROVIDER, &response.body)?;
             paths_of(batch, &mut files);
+            // GitLab keeps at most about 1,000 files of an MR's diff without saying so.
+            if files.len() >= COMPARE_MAX_FILES {
+                return Ok(ChangedFiles::Truncated);
+            }
             let next = response
                 .headers
                 .get("x-next-page")

@@ -32,6 +32,13 @@ pub struct BranchHead {
     pub title: Option<String>,
 }
 
+/// A tag and the commit it points at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tag {
+    pub name: String,
+    pub sha: CommitSha,
+}
+
 /// An open pull request (GitHub) or merge request (GitLab; `number` is the `iid`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PullRequest {
@@ -96,6 +103,10 @@ pub trait VcsProvider {
         repo: &RepoUrl,
         number: i64,
     ) -> impl Future<Output = Result<ChangedFiles, VcsError>> + Send;
+
+    /// Every tag of the repository, across all pages (conditional requests: an
+    /// unchanged list costs no rate limit).
+    fn tags(&self, repo: &RepoUrl) -> impl Future<Output = Result<Vec<Tag>, VcsError>> + Send;
 }
 
 /// What one process shares across all provider calls: the HTTP client with its ETag
@@ -233,6 +244,10 @@ impl VcsProvider for ProviderClient {
         number: i64,
     ) -> Result<ChangedFiles, VcsError> {
         dispatch!(self, client => client.pull_request_files(repo, number).await)
+    }
+
+    async fn tags(&self, repo: &RepoUrl) -> Result<Vec<Tag>, VcsError> {
+        dispatch!(self, client => client.tags(repo).await)
     }
 }
 

@@ -29,6 +29,7 @@ struct RunAttributes<'a> {
     vcs_commit_sha: &'a str,
     vcs_branch: &'a str,
     vcs_pull_request_number: Option<i64>,
+    vcs_tag: Option<&'a str>,
     created_at: String,
 }
 
@@ -59,6 +60,7 @@ pub fn render(run: &Run) -> RunResource<'_> {
             vcs_commit_sha: &run.vcs_commit_sha,
             vcs_branch: &run.vcs_branch,
             vcs_pull_request_number: run.vcs_pull_request_number,
+            vcs_tag: run.vcs_tag.as_deref(),
             created_at: timestamp(run.created_at),
         },
         relationships: RunRelationships {

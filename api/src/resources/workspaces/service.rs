@@ -75,13 +75,6 @@ fn trigger_lists(
     attrs: &WorkspaceAttributes,
     existing: Option<&Workspace>,
 ) -> Result<TriggerLists, ApiError> {
-    if let Some(Some(regex)) = &attrs.vcs_tags_regex {
-        if !regex.trim().is_empty() {
-            return Err(ApiError::Unprocessable(
-                "vcs-tags-regex is not supported by this version yet: tag-driven workspaces are not followed, so the setting is refused rather than ignored".into(),
-            ));
-        }
-    }
     let parse_all = |items: &Option<Vec<String>>,
                      name: &str,
                      parse: fn(&str) -> Result<String, terrapod_shared::domain::ParseError>|
@@ -93,12 +86,13 @@ fn trigger_lists(
                 triggers::MAX_TRIGGERS
             )));
         }
-        let mut parsed: Vec<String> = items
-            .iter()
-            .map(|item| parse(item))
-            .collect::<Result<_, _>>()
-            .map_err(unprocessable)?;
-        parsed.dedup();
+        let mut parsed: Vec<String> = Vec::with_capacity(items.len());
+        for item in items {
+            let item = parse(item).map_err(unprocessable)?;
+            if !parsed.contains(&item) {
+                parsed.push(item);
+            }
+        }
         Ok(Some(parsed))
     };
     let prefixes = parse_all(
@@ -119,12 +113,31 @@ fn trigger_lists(
         .as_ref()
         .or(existing.map(|w| &w.trigger_patterns))
         .is_some_and(|p| !p.is_empty());
+    if let Some(patterns) = &patterns {
+        // The set is compiled as the poller will compile it.
+        triggers::TriggerRules::new("", &[], patterns)
+            .map_err(|err| ApiError::Unprocessable(format!("trigger-patterns: {err}")))?;
+    }
     if has_prefixes && has_patterns {
         return Err(ApiError::Unprocessable(
             "trigger-prefixes and trigger-patterns cannot both be set: patterns replace the working-directory and prefix rule".into(),
         ));
     }
     Ok((prefixes, patterns))
+}
+
+/// The `vcs-tags-regex` a request sets: `Some(None)` unsets it (`null` or `""`).
+fn tags_regex(attrs: &WorkspaceAttributes) -> Result<Option<Option<String>>, ApiError> {
+    let Some(raw) = &attrs.vcs_tags_regex else {
+        return Ok(None);
+    };
+    match raw.as_deref().map(str::trim).filter(|r| !r.is_empty()) {
+        None => Ok(Some(None)),
+        Some(regex) => {
+            triggers::parse_tags_regex(regex).map_err(unprocessable)?;
+            Ok(Some(Some(regex.to_owned())))
+        }
+    }
 }
 
 fn unprocessable(err: impl std::fmt::Display) -> ApiError {
@@ -289,6 +302,7 @@ pub async fn create(
     )
     .await?;
     let (prefixes, patterns) = trigger_lists(&attrs, None)?;
+    let regex = tags_regex(&attrs)?.flatten();
     let id = WorkspaceId::generate();
     diesel::insert_into(workspaces::table)
         .values(NewWorkspace {
@@ -306,6 +320,7 @@ pub async fn create(
             trigger_prefixes: prefixes.as_deref().unwrap_or_default(),
             trigger_patterns: patterns.as_deref().unwrap_or_default(),
             speculative_enabled: attrs.speculative_enabled.unwrap_or(true),
+            vcs_tags_regex: regex.as_deref(),
         })
         .returning(Workspace::as_returning())
         .get_result(conn)
@@ -378,6 +393,7 @@ pub async fn update(
 ) -> Result<Updated, ApiError> {
     let existing = find(conn, id).await?;
     let (trigger_prefixes, trigger_patterns) = trigger_lists(&attrs, Some(&existing))?;
+    let regex = tags_regex(&attrs)?.filter(|regex| *regex != existing.vcs_tags_regex);
     let mut changes = WorkspaceChanges {
         name: attrs
             .name
@@ -398,6 +414,7 @@ pub async fn update(
         trigger_prefixes,
         trigger_patterns,
         speculative_enabled: attrs.speculative_enabled,
+        vcs_tags_regex: regex.clone(),
         ..WorkspaceChanges::default()
     };
     let branch = attrs
@@ -434,6 +451,15 @@ pub async fn update(
         // The next poll plans the new head instead of comparing against another repo's.
         changes.vcs_last_commit_sha = Some(None);
     }
+    if url_changed
+        || regex
+            .as_ref()
+            .is_some_and(|r| existing.vcs_tags_regex.is_none() && r.is_some())
+    {
+        // A workspace that starts following tags (or another repository's) records
+        // the tags present first, without runs.
+        changes.vcs_tags_baselined_at = Some(None);
+    }
     if url_changed || connection_changed {
         // Errors about the old settings no longer apply.
         changes.vcs_last_error = Some(None);
@@ -457,7 +483,8 @@ pub async fn update(
             .is_some_and(|p| *p != existing.trigger_patterns)
         || changes
             .speculative_enabled
-            .is_some_and(|on| on != existing.speculative_enabled);
+            .is_some_and(|on| on != existing.speculative_enabled)
+        || regex.is_some();
     // A poll in flight for the old settings records nothing once this is bumped.
     let settings_changed = url_changed
         || branch_changed

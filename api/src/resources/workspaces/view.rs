@@ -23,7 +23,7 @@ pub fn render(workspace: &Workspace) -> Value {
             "trigger-prefixes": workspace.trigger_prefixes,
             "trigger-patterns": workspace.trigger_patterns,
             "speculative-enabled": workspace.speculative_enabled,
-            "vcs-tags-regex": null,
+            "vcs-tags-regex": workspace.vcs_tags_regex,
             "created-at": timestamp(workspace.created_at),
             "updated-at": timestamp(workspace.updated_at),
         },
