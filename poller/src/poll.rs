@@ -731,7 +731,10 @@ impl<'a> Target<'a> {
                     }
                 }
             }
-            store::mark_tag_seen(conn, &self.workspace.id, &tag.name, tag.sha.as_str()).await?;
+            if !store::mark_tag_seen(conn, self.workspace, &tag.name, tag.sha.as_str()).await? {
+                // The settings changed under the poll: what it saw is not recorded.
+                return Err(Stop::Superseded);
+            }
         }
         Ok(())
     }
@@ -743,9 +746,6 @@ impl<'a> Target<'a> {
         conn: &mut AsyncPgConnection,
         report: &mut PollReport,
     ) -> Result<(), Stop> {
-        if let Some(regex) = &self.workspace.vcs_tags_regex {
-            return self.follow_tags(conn, report, regex).await;
-        }
         let branch = if self.workspace.vcs_branch.is_empty() {
             self.default_branch()
                 .await
@@ -757,6 +757,16 @@ impl<'a> Target<'a> {
             report.problems.push(PollProblem::Settings(err.to_string()));
             Stop::Problem
         })?;
+        // A tag-driven workspace follows tags instead of branch commits; its pull
+        // requests still get speculative plans.
+        if let Some(regex) = &self.workspace.vcs_tags_regex {
+            self.follow_tags(conn, report, regex).await?;
+            let pulls = self
+                .pulls(&branch)
+                .await
+                .map_err(|err| Stop::provider(report, err))?;
+            return self.plan_pull_requests(conn, report, &pulls).await;
+        }
 
         // The head and the open pull requests are independent: ask for both at once,
         // but when the head fails the poll stops, and the pull request pages still
@@ -782,6 +792,17 @@ impl<'a> Target<'a> {
         let (pushed, pulls) = tokio::join!(self.push(conn, report, &branch_name, &head), listed);
         pushed?;
         let pulls = pulls.map_err(|err| Stop::provider(report, err))?;
+        self.plan_pull_requests(conn, report, &pulls).await
+    }
+
+    /// A speculative plan for each open PR/MR head that deserves one. A problem with
+    /// one PR is reported and the others are still planned.
+    async fn plan_pull_requests(
+        &self,
+        conn: &mut AsyncPgConnection,
+        report: &mut PollReport,
+        pulls: &[PullRequest],
+    ) -> Result<(), Stop> {
         for pull in pulls.iter() {
             let sha = pull.head_sha.as_str();
             let decision = |reason| store::Decision {

@@ -580,6 +580,12 @@ pub async fn baseline_tags(
         if marked == 0 {
             return Ok(false);
         }
+        // What was seen before (another repository, deleted tags) no longer applies.
+        diesel::delete(
+            workspace_seen_tags::table.filter(workspace_seen_tags::workspace_id.eq(&workspace.id)),
+        )
+        .execute(conn)
+        .await?;
         for chunk in tags.chunks(1000) {
             let rows: Vec<_> = chunk
                 .iter()
@@ -617,25 +623,26 @@ pub async fn seen_tags(
         .map(|rows| rows.into_iter().collect())
 }
 
-/// Records that a tag was seen at a commit (after its run, if it got one).
+/// Records that a tag was seen at a commit (after its run, if it got one), only under
+/// the settings the poll read: false when they changed (a new regex judges it again).
 pub async fn mark_tag_seen(
     conn: &mut AsyncPgConnection,
-    workspace: &WorkspaceId,
+    workspace: &Workspace,
     name: &str,
     commit_sha: &str,
-) -> QueryResult<()> {
-    diesel::insert_into(workspace_seen_tags::table)
-        .values((
-            workspace_seen_tags::workspace_id.eq(workspace),
-            workspace_seen_tags::name.eq(name),
-            workspace_seen_tags::commit_sha.eq(commit_sha),
-        ))
-        .on_conflict((workspace_seen_tags::workspace_id, workspace_seen_tags::name))
-        .do_update()
-        .set(workspace_seen_tags::commit_sha.eq(commit_sha))
-        .execute(conn)
-        .await
-        .map(drop)
+) -> QueryResult<bool> {
+    diesel::sql_query(
+        "INSERT INTO workspace_seen_tags (workspace_id, name, commit_sha)
+         SELECT id, $2, $3 FROM workspaces WHERE id = $1 AND vcs_settings_generation = $4
+         ON CONFLICT (workspace_id, name) DO UPDATE SET commit_sha = EXCLUDED.commit_sha",
+    )
+    .bind::<Text, _>(workspace.id.as_str())
+    .bind::<Text, _>(name)
+    .bind::<Text, _>(commit_sha)
+    .bind::<BigInt, _>(workspace.vcs_settings_generation)
+    .execute(conn)
+    .await
+    .map(|rows| rows == 1)
 }
 
 /// Drops events older than `days`.

@@ -437,5 +437,21 @@ async fn a_tag_driven_workspace_runs_once_per_new_or_moved_matching_tag() {
             (runs[1].vcs_tag.as_deref(), runs[1].vcs_commit_sha.as_str()),
             (Some("v2.0.0"), third.as_str())
         );
+        // Pull requests still get speculative plans.
+        let feature = world
+            .sim
+            .commit(kind, "acme/app", "feature", "f", &[("f.tf", "f")])
+            .await;
+        world
+            .sim
+            .open_pull(kind, "acme/app", pull("feature", "Feature"))
+            .await;
+        assert_eq!(
+            polled(poll(&ctx, &ws).await),
+            (1, None),
+            "{kind:?}: PR plan"
+        );
+        let plan = world.runs(&ws).await.pop().unwrap();
+        assert!(plan.plan_only && plan.vcs_commit_sha == feature);
     }
 }

@@ -493,6 +493,9 @@ impl VcsProvider for GitHubClient {
         // `base...head` lists the changes since the merge base: they are the changes
         // from `base` only when `head` is ahead of it. A head that went back (a
         // force-push to an older commit) or elsewhere undoes changes the list omits.
+        if comparison.status == "identical" {
+            return Ok(ChangedFiles::Known(Vec::new()));
+        }
         if comparison.status != "ahead" || comparison.files.len() >= COMPARE_MAX_FILES {
             return Ok(ChangedFiles::Truncated);
         }
