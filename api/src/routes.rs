@@ -3,7 +3,7 @@
 use actix_web::{web, HttpRequest, HttpResponse, Route};
 
 use crate::error::ApiError;
-use crate::resources::{configuration_versions, runs, vcs_connections, workspaces};
+use crate::resources::{configuration_versions, runs, vcs_connections, vcs_events, workspaces};
 use crate::{health, metrics, webhooks};
 
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
@@ -82,6 +82,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .service(resource(
                     "/workspaces/{id}/runs",
                     vec![web::get().to(runs::list)],
+                ))
+                .service(resource(
+                    "/workspaces/{id}/vcs-events",
+                    vec![web::get().to(vcs_events::list)],
                 ))
                 .service(resource("/runs/{id}", vec![web::get().to(runs::show)]))
                 .service(resource(

@@ -12,7 +12,7 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 use crate::archives::StoredArchive;
-use crate::db::schema::{configuration_versions, runs, workspaces};
+use crate::db::schema::{configuration_versions, runs, vcs_events, workspaces};
 use crate::domain::{BranchName, CommitSha, RunStatus, TriggerReason, WorkingDirectory};
 use crate::ids::{ConfigurationVersionId, RunId, WorkspaceId};
 
@@ -249,6 +249,7 @@ async fn record(conn: &mut AsyncPgConnection, new: &NewVcsRun<'_>) -> Result<Run
         .await?;
 
     let run_id = RunId::generate();
+    let message = run_message(new.commit_sha, &new.trigger);
     diesel::insert_into(runs::table)
         .values((
             runs::id.eq(&run_id),
@@ -257,12 +258,24 @@ async fn record(conn: &mut AsyncPgConnection, new: &NewVcsRun<'_>) -> Result<Run
             runs::status.eq(RunStatus::Pending),
             runs::plan_only.eq(plan_only),
             runs::auto_apply.eq(auto_apply),
-            runs::message.eq(run_message(new.commit_sha, &new.trigger)),
+            runs::message.eq(&message),
             runs::trigger_reason.eq(reason),
             runs::vcs_commit_sha.eq(sha),
             runs::vcs_branch.eq(&branch),
             runs::vcs_pull_request_number.eq(pull_request_number),
             runs::vcs_tag.eq(&tag),
+        ))
+        .execute(conn)
+        .await?;
+    // The event log says why the run exists, in the same transaction.
+    diesel::insert_into(vcs_events::table)
+        .values((
+            vcs_events::workspace_id.eq(new.workspace_id),
+            vcs_events::kind.eq("run-created"),
+            vcs_events::commit_sha.eq(sha),
+            vcs_events::pull_request_number.eq(pull_request_number),
+            vcs_events::message.eq(&message),
+            vcs_events::run_id.eq(run_id.as_str()),
         ))
         .execute(conn)
         .await?;

@@ -5,6 +5,7 @@ pub mod configuration_versions;
 pub mod organizations;
 pub mod runs;
 pub mod vcs_connections;
+pub mod vcs_events;
 pub mod workspaces;
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};

@@ -12,5 +12,6 @@ mod runs;
 mod schema;
 mod security;
 mod vcs_connections;
+mod vcs_events;
 mod webhooks;
 mod workspaces;

@@ -58,9 +58,17 @@ async fn workspaces_that_existed_before_file_triggers_keep_running_every_commit(
         .unwrap();
     tokio::task::spawn_blocking(move || {
         let mut harness = diesel_async::AsyncMigrationHarness::new(conn);
-        // Tags (000009), then file triggers (000008).
-        harness.revert_last_migration(MIGRATIONS).unwrap();
-        harness.revert_last_migration(MIGRATIONS).unwrap();
+        // Back to just before file triggers (000008), whatever came after it.
+        let triggers_applied = |harness: &mut diesel_async::AsyncMigrationHarness<_>| {
+            harness
+                .applied_migrations()
+                .unwrap()
+                .iter()
+                .any(|v| v.to_string().replace('-', "").as_str() >= "20261130000008")
+        };
+        while triggers_applied(&mut harness) {
+            harness.revert_last_migration(MIGRATIONS).unwrap();
+        }
         let mut conn = harness.into_inner();
         tokio::runtime::Handle::current().block_on(async {
             diesel::sql_query(

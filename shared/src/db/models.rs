@@ -192,3 +192,16 @@ pub struct Run {
     /// The tag whose push or move made a `tag` run.
     pub vcs_tag: Option<String>,
 }
+
+/// One entry of a workspace's event log (SPEC section 9).
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = crate::db::schema::vcs_events, check_for_backend(diesel::pg::Pg))]
+pub struct VcsEvent {
+    pub id: i64,
+    pub kind: String,
+    pub commit_sha: Option<String>,
+    pub pull_request_number: Option<i64>,
+    pub message: String,
+    pub created_at: DateTime<Utc>,
+    pub run_id: Option<String>,
+}

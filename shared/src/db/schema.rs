@@ -89,6 +89,7 @@ diesel::table! {
         message -> Text,
         dedup_key -> Nullable<Text>,
         created_at -> Timestamptz,
+        run_id -> Nullable<Text>,
     }
 }
 

@@ -1,0 +1,1 @@
+ALTER TABLE vcs_events DROP COLUMN run_id;
