@@ -102,3 +102,20 @@ async fn workspaces_that_existed_before_file_triggers_keep_running_every_commit(
     .unwrap();
     assert!(!flags.file_triggers_enabled && flags.speculative_enabled);
 }
+
+#[tokio::test]
+async fn a_workspace_never_stores_both_trigger_prefixes_and_patterns() {
+    let db = TestDatabase::new().await;
+    let mut conn = db.connection().await;
+    let both = diesel::sql_query(
+        "INSERT INTO workspaces (id, organization_name, name, execution_mode, trigger_prefixes, trigger_patterns)
+         VALUES ('ws-bothtriggers000', 'default', 'both', 'remote', '{modules}', '{**/*.tf}')",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap_err();
+    assert!(
+        both.to_string().contains("workspaces_prefixes_or_patterns"),
+        "{both}"
+    );
+}

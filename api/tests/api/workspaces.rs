@@ -408,6 +408,10 @@ async fn file_trigger_settings_have_defaults_round_trip_and_refuse_bad_values() 
             json!({"file-triggers-enabled": "yes"}),
             "expected a boolean",
         ),
+        (
+            json!({"speculative-enabled": null}),
+            "speculative-enabled must be true or false",
+        ),
     ] {
         let detail = assert_error(app.patch(&path, &workspace(body.clone())).await, 422).await;
         assert!(detail.contains(named), "{body}: {detail}");

@@ -29,11 +29,13 @@ pub struct WorkspaceAttributes {
     pub vcs_working_directory: Option<String>,
     #[serde(default, deserialize_with = "null_as_empty")]
     pub working_directory: Option<String>,
+    #[serde(default, deserialize_with = "file_triggers_flag")]
     pub file_triggers_enabled: Option<bool>,
     #[serde(default, deserialize_with = "null_as_no_items")]
     pub trigger_prefixes: Option<Vec<String>>,
     #[serde(default, deserialize_with = "null_as_no_items")]
     pub trigger_patterns: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "speculative_flag")]
     pub speculative_enabled: Option<bool>,
     /// Present (`Some`) even when `null`, to tell "unset" from "absent".
     #[serde(default, deserialize_with = "present")]
@@ -51,6 +53,26 @@ fn null_as_empty<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<St
     Ok(Some(
         Option::<String>::deserialize(deserializer)?.unwrap_or_default(),
     ))
+}
+
+/// A boolean setting that, when present, must be `true` or `false` (not `null`).
+fn present_bool<'de, D: Deserializer<'de>>(
+    deserializer: D,
+    name: &'static str,
+) -> Result<Option<bool>, D::Error> {
+    Option::<bool>::deserialize(deserializer)?
+        .map(Some)
+        .ok_or_else(|| serde::de::Error::custom(format!("{name} must be true or false, not null")))
+}
+
+fn file_triggers_flag<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<bool>, D::Error> {
+    present_bool(deserializer, "file-triggers-enabled")
+}
+
+fn speculative_flag<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<bool>, D::Error> {
+    present_bool(deserializer, "speculative-enabled")
 }
 
 /// A present `null` list means "no items".
@@ -145,6 +167,14 @@ fn unprocessable(err: impl std::fmt::Display) -> ApiError {
 }
 
 fn map_conflict(err: diesel::result::Error) -> ApiError {
+    use diesel::result::{DatabaseErrorKind, Error};
+    if let Error::DatabaseError(DatabaseErrorKind::CheckViolation, info) = &err {
+        if info.constraint_name() == Some("workspaces_prefixes_or_patterns") {
+            return ApiError::Conflict(
+                "trigger-prefixes and trigger-patterns were both set by concurrent requests; read the workspace again and retry".into(),
+            );
+        }
+    }
     match unique_violation(&err) {
         Some("workspaces_name_unique") => ApiError::Unprocessable(
             "name has already been taken by another workspace in this organization".into(),

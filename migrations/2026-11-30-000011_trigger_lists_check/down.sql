@@ -1,0 +1,1 @@
+ALTER TABLE workspaces DROP CONSTRAINT workspaces_prefixes_or_patterns;
