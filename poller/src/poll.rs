@@ -250,14 +250,22 @@ async fn poll_rounds(
             freshness.stamp
         };
         let error = report.error_summary();
-        match locked
+        let recorded = locked
             .record_and_unlock(
                 workspace.vcs_settings_generation,
                 error.as_deref(),
                 answers_from,
             )
-            .await?
-        {
+            .await?;
+        // The event log gets an error when it is new, not once per interval.
+        if let Some(error) = error.as_deref().map(store::short_error) {
+            if recorded != Recorded::Superseded
+                && workspace.vcs_last_error.as_deref() != Some(error.as_str())
+            {
+                store::record_poll_error(locked.connection(), &workspace, &error).await?;
+            }
+        }
+        match recorded {
             Recorded::Unlocked => return Ok(PollOutcome::Polled(report)),
             Recorded::AskedAgain { requested_at, now } => {
                 tracing::debug!(round, "a poll was asked for meanwhile; polling again");

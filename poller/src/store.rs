@@ -645,6 +645,23 @@ pub async fn mark_tag_seen(
     .map(|rows| rows == 1)
 }
 
+/// Records a poll error in the event log (the caller records only new ones).
+pub async fn record_poll_error(
+    conn: &mut AsyncPgConnection,
+    workspace: &Workspace,
+    message: &str,
+) -> QueryResult<()> {
+    diesel::insert_into(vcs_events::table)
+        .values((
+            vcs_events::workspace_id.eq(&workspace.id),
+            vcs_events::kind.eq("poll-error"),
+            vcs_events::message.eq(message),
+        ))
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
 /// Drops events older than `days`.
 pub async fn purge_vcs_events(conn: &mut AsyncPgConnection, days: i32) -> QueryResult<usize> {
     diesel::sql_query("DELETE FROM vcs_events WHERE created_at < now() - make_interval(days => $1)")

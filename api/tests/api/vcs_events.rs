@@ -116,6 +116,28 @@ async fn the_event_log_explains_runs_and_the_changes_that_got_none() {
     assert!(created["attributes"]["commit-sha"].as_str().unwrap().len() == 40);
     assert_eq!(log["meta"]["pagination"]["total-count"], 3);
     assert!(!log.to_string().contains("BEGIN RSA"), "never a credential");
+    // A provider error is logged when it appears, not at every poll that meets it.
+    sim.inject_fault(terrapod_vcs_sim::fault("/branches/", 404, 100));
+    poll().await;
+    poll().await;
+    sim.clear_faults();
+    let log: Value = app
+        .get(&format!("/api/v2/workspaces/{id}/vcs-events"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let errors: Vec<&Value> = log["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["attributes"]["kind"] == "poll-error")
+        .collect();
+    assert_eq!(errors.len(), 1, "{log}");
+    assert!(errors[0]["attributes"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("not found"));
     assert_error(
         app.get("/api/v2/workspaces/ws-doesnotexist0000/vcs-events")
             .await,
