@@ -237,10 +237,7 @@ impl Simulator {
     /// Points tag `name` at `sha` (creating or moving it), as `git push --tags` would.
     pub fn set_tag(&self, kind: Kind, path: &str, name: &str, sha: &str) {
         let mut sim = self.sim();
-        let repo = sim
-            .repos
-            .get_mut(&state::key(kind, path))
-            .expect("repository exists");
+        let repo = sim.repo_mut(kind, path).expect("repository exists");
         assert!(
             repo.commits.contains_key(sha),
             "tag {name} at an unknown commit"
@@ -251,10 +248,7 @@ impl Simulator {
     /// Moves `branch` to `sha` without a new commit (a force-push to an older one).
     pub fn set_branch(&self, kind: Kind, path: &str, branch: &str, sha: &str) {
         let mut sim = self.sim();
-        let repo = sim
-            .repos
-            .get_mut(&state::key(kind, path))
-            .expect("repository exists");
+        let repo = sim.repo_mut(kind, path).expect("repository exists");
         repo.git.set_branch(branch, sha).expect("git update-ref");
         repo.branches.insert(branch.to_owned(), sha.to_owned());
     }
@@ -263,10 +257,7 @@ impl Simulator {
     /// collection): comparisons from it answer 404.
     pub fn forget_commit(&self, kind: Kind, path: &str, sha: &str) {
         let mut sim = self.sim();
-        let repo = sim
-            .repos
-            .get_mut(&state::key(kind, path))
-            .expect("repository exists");
+        let repo = sim.repo_mut(kind, path).expect("repository exists");
         repo.commits.remove(sha);
     }
 

@@ -651,17 +651,12 @@ fn github_tags(req: &HttpRequest, sim: &mut Sim, full: &str, base: &str) -> Http
             .map(|(name, sha)| render::github_tag(base, repo, name, sha))
             .collect()
     };
-    let last = tags.len().div_ceil(per_page).max(1);
-    let mut response = HttpResponse::Ok();
-    if page < last {
-        let link = |n: usize, rel: &str| {
-            format!("<{base}/repos/{full}/tags?per_page={per_page}&page={n}>; rel=\"{rel}\"")
-        };
-        response.insert_header((
-            "Link",
-            format!("{}, {}", link(page + 1, "next"), link(last, "last")),
-        ));
-    }
+    let response = github_page(
+        &format!("{base}/repos/{full}/tags"),
+        tags.len(),
+        per_page,
+        page,
+    );
     conditional_json(req, sim, Kind::Github, &Value::Array(items), response)
 }
 
@@ -677,19 +672,7 @@ fn gitlab_tags(req: &HttpRequest, sim: &mut Sim, full: &str, base: &str) -> Http
             .filter_map(|(name, sha)| Some(render::gitlab_tag(base, repo, name, repo.commit(sha)?)))
             .collect()
     };
-    let total_pages = tags.len().div_ceil(per_page).max(1);
-    let mut response = HttpResponse::Ok();
-    let next = if page < total_pages {
-        (page + 1).to_string()
-    } else {
-        String::new()
-    };
-    response
-        .insert_header(("X-Page", page.to_string()))
-        .insert_header(("X-Per-Page", per_page.to_string()))
-        .insert_header(("X-Next-Page", next))
-        .insert_header(("X-Total", tags.len().to_string()))
-        .insert_header(("X-Total-Pages", total_pages.to_string()));
+    let response = gitlab_page(tags.len(), per_page, page);
     conditional_json(req, sim, Kind::Gitlab, &Value::Array(items), response)
 }
 
@@ -818,17 +801,12 @@ fn github_pull_files(
             .map(|c| render::github_diff_entry(base, repo, &head, c))
             .collect()
     };
-    let last = listed.div_ceil(per_page).max(1);
-    let mut response = HttpResponse::Ok();
-    if page < last {
-        let link = |n: usize, rel: &str| {
-            format!("<{base}/repos/{full}/pulls/{number}/files?per_page={per_page}&page={n}>; rel=\"{rel}\"")
-        };
-        response.insert_header((
-            "Link",
-            format!("{}, {}", link(page + 1, "next"), link(last, "last")),
-        ));
-    }
+    let response = github_page(
+        &format!("{base}/repos/{full}/pulls/{number}/files"),
+        listed,
+        per_page,
+        page,
+    );
     conditional_json(req, sim, Kind::Github, &Value::Array(items), response)
 }
 
@@ -885,20 +863,49 @@ fn gitlab_merge_request_diffs(
         .take(per_page)
         .map(render::gitlab_diff)
         .collect();
-    let total_pages = changes.len().div_ceil(per_page).max(1);
-    let mut response = HttpResponse::Ok();
+    let response = gitlab_page(changes.len(), per_page, page);
+    conditional_json(req, sim, Kind::Gitlab, &Value::Array(items), response)
+}
+
+/// An `OK` answer carrying GitLab's pagination headers for page `page` of `total`
+/// items, `per_page` a page.
+fn gitlab_page(total: usize, per_page: usize, page: usize) -> HttpResponseBuilder {
+    let total_pages = total.div_ceil(per_page).max(1);
     let next = if page < total_pages {
         (page + 1).to_string()
     } else {
         String::new()
     };
+    let prev = if page > 1 {
+        (page - 1).to_string()
+    } else {
+        String::new()
+    };
+    let mut response = HttpResponse::Ok();
     response
         .insert_header(("X-Page", page.to_string()))
         .insert_header(("X-Per-Page", per_page.to_string()))
         .insert_header(("X-Next-Page", next))
-        .insert_header(("X-Total", changes.len().to_string()))
+        .insert_header(("X-Prev-Page", prev))
+        .insert_header(("X-Total", total.to_string()))
         .insert_header(("X-Total-Pages", total_pages.to_string()));
-    conditional_json(req, sim, Kind::Gitlab, &Value::Array(items), response)
+    response
+}
+
+/// An `OK` answer with GitHub's `Link` to the next and last pages of a list at `url`
+/// (`per_page` and `page` its only parameters), when there is a next page.
+fn github_page(url: &str, total: usize, per_page: usize, page: usize) -> HttpResponseBuilder {
+    let last = total.div_ceil(per_page).max(1);
+    let mut response = HttpResponse::Ok();
+    if page < last {
+        let link =
+            |n: usize, rel: &str| format!("<{url}?per_page={per_page}&page={n}>; rel=\"{rel}\"");
+        response.insert_header((
+            "Link",
+            format!("{}, {}", link(page + 1, "next"), link(last, "last")),
+        ));
+    }
+    response
 }
 
 fn encode(value: &str) -> String {
@@ -1062,25 +1069,7 @@ fn gitlab_merge_requests(req: &HttpRequest, sim: &mut Sim, full: &str, base: &st
         page,
         |repo, head, pull, sha| render::gitlab_merge_request(base, repo, head, pull, sha),
     );
-    let total_pages = total.div_ceil(per_page).max(1);
-    let mut response = HttpResponse::Ok();
-    let next = if page < total_pages {
-        (page + 1).to_string()
-    } else {
-        String::new()
-    };
-    let prev = if page > 1 {
-        (page - 1).to_string()
-    } else {
-        String::new()
-    };
-    response
-        .insert_header(("X-Page", page.to_string()))
-        .insert_header(("X-Per-Page", per_page.to_string()))
-        .insert_header(("X-Next-Page", next))
-        .insert_header(("X-Prev-Page", prev))
-        .insert_header(("X-Total", total.to_string()))
-        .insert_header(("X-Total-Pages", total_pages.to_string()));
+    let response = gitlab_page(total, per_page, page);
     let value = Value::Array(items);
     conditional_json(req, sim, Kind::Gitlab, &value, response)
 }

@@ -47,6 +47,17 @@ struct Diff {
     new_path: String,
 }
 
+/// The page after `page` that GitLab's `X-Next-Page` names, if any (a header that
+/// does not move forward ends the listing).
+fn next_page(response: &JsonResponse, page: u32) -> Option<u32> {
+    response
+        .headers
+        .get("x-next-page")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .filter(|next| *next > page)
+}
+
 /// A diff list's paths, a rename under both names.
 fn paths_of(diffs: Vec<Diff>, into: &mut Vec<String>) {
     for diff in diffs {
@@ -211,14 +222,9 @@ impl VcsProvider for GitLabClient {
                     draft: mr.draft || mr.work_in_progress,
                 });
             }
-            let next = response
-                .headers
-                .get("x-next-page")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u32>().ok());
-            match next {
-                Some(next) if next > page => page = next,
-                _ => return Ok(requests),
+            match next_page(&response, page) {
+                Some(next) => page = next,
+                None => return Ok(requests),
             }
         }
         Err(VcsError::InvalidResponse {
@@ -244,14 +250,9 @@ impl VcsProvider for GitLabClient {
                     name: tag.name,
                 });
             }
-            let next = response
-                .headers
-                .get("x-next-page")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u32>().ok());
-            match next {
-                Some(next) if next > page => page = next,
-                _ => return Ok(tags),
+            match next_page(&response, page) {
+                Some(next) => page = next,
+                None => return Ok(tags),
             }
         }
         Err(VcsError::InvalidResponse {
@@ -308,14 +309,9 @@ impl VcsProvider for GitLabClient {
             if files.len() >= COMPARE_MAX_FILES {
                 return Ok(ChangedFiles::Truncated);
             }
-            let next = response
-                .headers
-                .get("x-next-page")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u32>().ok());
-            match next {
-                Some(next) if next > page => page = next,
-                _ => return Ok(ChangedFiles::Known(files)),
+            match next_page(&response, page) {
+                Some(next) => page = next,
+                None => return Ok(ChangedFiles::Known(files)),
             }
         }
         Ok(ChangedFiles::Truncated)
