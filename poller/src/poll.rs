@@ -260,7 +260,10 @@ async fn poll_rounds(
         // The event log gets an error when it is new, not once per interval.
         if let Some(error) = error.as_deref().map(store::short_error) {
             if recorded != Recorded::Superseded
-                && workspace.vcs_last_error.as_deref() != Some(error.as_str())
+                && !workspace
+                    .vcs_last_error
+                    .as_deref()
+                    .is_some_and(|last| store::same_error(last, &error))
             {
                 store::record_poll_error(locked.connection(), &workspace, &error).await?;
             }
@@ -754,6 +757,10 @@ impl<'a> Target<'a> {
         conn: &mut AsyncPgConnection,
         report: &mut PollReport,
     ) -> Result<(), Stop> {
+        // A tag-driven workspace follows tags whatever its branch setting says.
+        if let Some(regex) = &self.workspace.vcs_tags_regex {
+            self.follow_tags(conn, report, regex).await?;
+        }
         let branch = if self.workspace.vcs_branch.is_empty() {
             self.default_branch()
                 .await
@@ -765,10 +772,9 @@ impl<'a> Target<'a> {
             report.problems.push(PollProblem::Settings(err.to_string()));
             Stop::Problem
         })?;
-        // A tag-driven workspace follows tags instead of branch commits; its pull
-        // requests still get speculative plans.
-        if let Some(regex) = &self.workspace.vcs_tags_regex {
-            self.follow_tags(conn, report, regex).await?;
+        // A tag-driven workspace does not follow branch commits; its pull requests
+        // still get speculative plans.
+        if self.workspace.vcs_tags_regex.is_some() {
             let pulls = self
                 .pulls(&branch)
                 .await

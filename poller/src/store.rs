@@ -645,6 +645,17 @@ pub async fn mark_tag_seen(
     .map(|rows| rows == 1)
 }
 
+/// Whether two error messages say the same thing, countdowns aside ("resets in 42s"
+/// and "resets in 17s" are one rate limit, not two events).
+pub fn same_error(a: &str, b: &str) -> bool {
+    let without_digits = |text: &str| {
+        text.chars()
+            .filter(|c| !c.is_ascii_digit())
+            .collect::<String>()
+    };
+    without_digits(a) == without_digits(b)
+}
+
 /// Records a poll error in the event log (the caller records only new ones).
 pub async fn record_poll_error(
     conn: &mut AsyncPgConnection,
@@ -705,6 +716,15 @@ pub async fn advance_without_run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_that_differ_only_in_a_countdown_are_the_same() {
+        assert!(same_error(
+            "github: rate limit exhausted; resets in 42s",
+            "github: rate limit exhausted; resets in 7s"
+        ));
+        assert!(!same_error("branch main not found", "HTTP 502 from github"));
+    }
 
     #[test]
     fn every_lock_statement_uses_the_same_key() {
