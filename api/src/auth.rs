@@ -59,20 +59,47 @@ fn is_public(route: &str) -> bool {
     )
 }
 
+/// The route executors move runs through.
+const TRANSITION_ROUTE: &str = "/api/v2/runs/{id}/actions/transition";
+
+/// What executors may read: workspaces, runs and configuration versions.
+fn executor_may_read(route: &str) -> bool {
+    matches!(
+        route,
+        "/api/v2/organizations/{org}/workspaces"
+            | "/api/v2/organizations/{org}/workspaces/{name}"
+            | "/api/v2/workspaces/{id}"
+            | "/api/v2/workspaces/{id}/runs"
+            | "/api/v2/runs/{id}"
+            | "/api/v2/configuration-versions/{id}"
+            | "/api/v2/configuration-versions/{id}/download"
+    )
+}
+
 /// What each role may do: admins everything; members everything but changing VCS
-/// connections.
+/// connections and moving runs; executors read workspaces, runs and configuration
+/// versions and move runs, nothing else (SPEC sections 3, 4 and 9).
 pub fn authorize(role: Role, method: &Method, route: &str) -> Result<(), ApiError> {
     let changes_connections = method != Method::GET
         && matches!(
             route,
             "/api/v2/organizations/{org}/vcs-connections" | "/api/v2/vcs-connections/{id}"
         );
+    let moves_runs = route == TRANSITION_ROUTE;
     match role {
         Role::Admin => Ok(()),
         Role::Member if changes_connections => Err(ApiError::Forbidden(
             "only admin tokens may create, change or delete VCS connections".into(),
         )),
+        Role::Member if moves_runs => Err(ApiError::Forbidden(
+            "only executor and admin tokens may move runs".into(),
+        )),
         Role::Member => Ok(()),
+        Role::Executor if moves_runs => Ok(()),
+        Role::Executor if method == Method::GET && executor_may_read(route) => Ok(()),
+        Role::Executor => Err(ApiError::Forbidden(
+            "executor tokens may only read workspaces, runs and configuration versions and move runs".into(),
+        )),
     }
 }
 
@@ -159,5 +186,26 @@ mod tests {
         .is_err());
         assert!(authorize(Role::Member, &Method::PATCH, "/api/v2/workspaces/{id}").is_ok());
         assert!(authorize(Role::Admin, &Method::DELETE, connections).is_ok());
+        assert!(authorize(Role::Member, &Method::POST, TRANSITION_ROUTE).is_err());
+    }
+
+    #[test]
+    fn executors_read_and_move_runs_only() {
+        assert!(authorize(Role::Executor, &Method::POST, TRANSITION_ROUTE).is_ok());
+        assert!(authorize(Role::Executor, &Method::GET, "/api/v2/runs/{id}").is_ok());
+        assert!(authorize(Role::Executor, &Method::GET, "/api/v2/workspaces/{id}").is_ok());
+        for (method, route) in [
+            (Method::PATCH, "/api/v2/workspaces/{id}"),
+            (Method::DELETE, "/api/v2/workspaces/{id}"),
+            (Method::GET, "/api/v2/vcs-connections/{id}"),
+            (Method::POST, "/api/v2/runs/{id}/actions/apply"),
+            (Method::POST, "/api/v2/workspaces/{id}/actions/poll-vcs"),
+            (Method::GET, "/api/v2/workspaces/{id}/vcs-events"),
+        ] {
+            assert!(
+                authorize(Role::Executor, &method, route).is_err(),
+                "{method} {route}"
+            );
+        }
     }
 }

@@ -32,8 +32,12 @@ pub enum TokenCommand {
     /// Create an API token and print it alone on stdout.
     Create {
         /// Give the token the admin role (otherwise member).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "executor")]
         admin: bool,
+        /// Give the token the executor role: read workspaces, runs and configuration
+        /// versions, and move runs (POST /runs/{id}/actions/transition); nothing else.
+        #[arg(long)]
+        executor: bool,
         /// What the token is for.
         #[arg(long, default_value = "")]
         description: String,

@@ -76,12 +76,11 @@ pub async fn migrate(settings: &Settings) -> Result<usize, CommandError> {
 
 pub async fn create_token(
     settings: &Settings,
-    admin: bool,
+    role: Role,
     description: &str,
 ) -> Result<SecretString, CommandError> {
     let mut conn = connect(settings).await?;
     let token = tokens::generate();
-    let role = if admin { Role::Admin } else { Role::Member };
     tokens::store(&mut conn, &token, role, description).await?;
     Ok(token)
 }

@@ -5,6 +5,7 @@ use secrecy::ExposeSecret;
 use terrapod_api::cli::{Cli, Command, KeysCommand, TokenCommand};
 use terrapod_api::commands;
 use terrapod_shared::crypto::KeyRing;
+use terrapod_shared::domain::Role;
 use terrapod_shared::tokens::Revocation;
 use terrapod_shared::{telemetry, Settings};
 
@@ -32,8 +33,13 @@ async fn main() -> ExitCode {
             tracing::info!(applied, "migrations applied");
         }),
         Command::Token {
-            command: TokenCommand::Create { admin, description },
-        } => commands::create_token(&settings, admin, &description)
+            command:
+                TokenCommand::Create {
+                    admin,
+                    executor,
+                    description,
+                },
+        } => commands::create_token(&settings, role_of(admin, executor), &description)
             .await
             .map(|token| {
                 println!("{}", token.expose_secret());
@@ -90,4 +96,12 @@ async fn serve(settings: terrapod_shared::Settings) -> Result<(), commands::Comm
     let app = commands::build_server(settings).await?;
     tracing::info!(%listen, port = app.port(), "terrapod-api listening");
     Ok(app.run_until_stopped().await?)
+}
+
+fn role_of(admin: bool, executor: bool) -> Role {
+    match (admin, executor) {
+        (true, _) => Role::Admin,
+        (_, true) => Role::Executor,
+        _ => Role::Member,
+    }
 }

@@ -97,6 +97,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     vec![web::post().to(runs::apply)],
                 ))
                 .service(resource(
+                    "/runs/{id}/actions/discard",
+                    vec![web::post().to(runs::discard)],
+                ))
+                .service(resource(
+                    "/runs/{id}/actions/transition",
+                    vec![web::post().to(runs::transition)],
+                ))
+                .service(resource(
                     "/configuration-versions/{id}",
                     vec![web::get().to(configuration_versions::show)],
                 ))

@@ -33,7 +33,7 @@ use crate::poll::{poll_workspace, PollContext, PollOutcome, Trigger};
 const REQUEUE_PAUSE: Duration = Duration::from_secs(5);
 
 /// Reconnection delays: 1 s doubling to 30 s, started over once consuming works.
-fn reconnect_delays() -> impl Iterator<Item = Duration> {
+pub fn reconnect_delays() -> impl Iterator<Item = Duration> {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_secs(1))
         .with_max_delay(Duration::from_secs(30))

@@ -13,6 +13,8 @@ pub mod cycle;
 pub mod housekeeping;
 pub mod metrics;
 pub mod poll;
+pub mod relay;
+pub mod reporter;
 pub mod server;
 pub mod store;
 
@@ -70,6 +72,11 @@ pub fn context_with_window(
         },
         Some(metrics.budget_wait.clone()),
     );
+    let events_pool = db::pool(
+        url,
+        "terrapod-poller-events",
+        usize::from(reporter::CONCURRENCY) + 2,
+    )?;
     let http = VcsHttp::new(RetryPolicy::default(), Some(observer)).with_budget(Arc::new(budget));
     Ok(Arc::new(PollContext {
         pool,
@@ -79,6 +86,8 @@ pub fn context_with_window(
         settings: Arc::new(settings),
         metrics,
         changes: cache::change_cache(),
+        events_pool,
+        report_persistence: reporter::GIVE_UP_AFTER,
     }))
 }
 
@@ -134,7 +143,14 @@ pub async fn run(
     let mut waiting = shutdown.clone();
     if !wait_for_database(&ctx, &mut waiting).await {
         tracing::info!("stopped before PostgreSQL could be reached");
-    } else if ctx.settings.vcs.enabled {
+        server_handle.stop(true).await;
+        let _ = server_task.await;
+        stopping.abort();
+        return Ok(());
+    }
+    // Run events are relayed whether or not VCS polling is on: executors follow them.
+    let relay = tokio::spawn(relay::run_relay(ctx.clone(), shutdown.clone()));
+    if ctx.settings.vcs.enabled {
         tracing::info!(
             interval_seconds = ctx.settings.vcs.poll_interval.as_secs(),
             concurrency = ctx.settings.poller_concurrency.get(),
@@ -146,14 +162,16 @@ pub async fn run(
             ctx.clone(),
             shutdown.clone(),
         ));
-        let _ = tokio::join!(schedule, consumer, housekeeping);
+        let reporter = tokio::spawn(reporter::run_reporter(ctx.clone(), shutdown.clone()));
+        let _ = tokio::join!(schedule, consumer, housekeeping, reporter);
     } else {
         tracing::info!(
             "VCS polling is disabled (TERRAPOD_VCS__ENABLED=false); serving health only"
         );
-        let mut shutdown = shutdown;
+        let mut shutdown = shutdown.clone();
         let _ = shutdown.wait_for(|stop| *stop).await;
     }
+    let _ = relay.await;
     server_handle.stop(true).await;
     let _ = server_task.await;
     stopping.abort();

@@ -14,6 +14,8 @@ pub struct PollerMetrics {
     pub poll_lag: GaugeVec,
     pub budget_wait: HistogramVec,
     pub polls_not_done: IntCounterVec,
+    pub run_events_published: IntCounter,
+    pub commit_status_reports: IntCounterVec,
 }
 
 impl PollerMetrics {
@@ -87,6 +89,19 @@ impl PollerMetrics {
             &["reason"],
         )
         .expect("valid metric");
+        let run_events_published = IntCounter::new(
+            "terrapod_run_events_published_total",
+            "Run events the relay published to terrapod.run-events (confirmed by RabbitMQ)",
+        )
+        .expect("valid metric");
+        let commit_status_reports = IntCounterVec::new(
+            Opts::new(
+                "terrapod_vcs_commit_status_reports_total",
+                "Runs' states put on their commits (check runs, commit statuses), by outcome (reported; failed: given up after retries, recorded in the event log)",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
         for metric in [
             Box::new(poll_duration.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(runs_created.clone()),
@@ -95,6 +110,8 @@ impl PollerMetrics {
             Box::new(poll_lag.clone()),
             Box::new(budget_wait.clone()),
             Box::new(polls_not_done.clone()),
+            Box::new(run_events_published.clone()),
+            Box::new(commit_status_reports.clone()),
         ] {
             registry.register(metric).expect("registered once");
         }
@@ -107,6 +124,8 @@ impl PollerMetrics {
             poll_lag,
             budget_wait,
             polls_not_done,
+            run_events_published,
+            commit_status_reports,
         }
     }
 

@@ -46,6 +46,11 @@ pub struct PollContext {
     pub readiness: terrapod_shared::health::ReadinessCache,
     /// Changed files of comparisons and pull requests, shared by every workspace.
     pub changes: crate::cache::ChangeCache,
+    /// The run-event relay's and the commit-status reporter's connections (a report
+    /// holds one while it talks to the provider).
+    pub events_pool: DbPool,
+    /// How long a failing commit-status report is retried (tests shorten it).
+    pub report_persistence: std::time::Duration,
 }
 
 impl PollContext {

@@ -216,6 +216,13 @@ macro_rules! string_enum {
                 s.serialize_str(self.as_str())
             }
         }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let raw = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                raw.parse().map_err(serde::de::Error::custom)
+            }
+        }
     };
 }
 
@@ -225,14 +232,16 @@ string_enum!(
 );
 string_enum!(ConnectionStatus { Active => "active", Disabled => "disabled" });
 string_enum!(ExecutionMode { Remote => "remote", Local => "local", Agent => "agent" });
-string_enum!(Role { Admin => "admin", Member => "member" });
+string_enum!(Role { Admin => "admin", Member => "member", Executor => "executor" });
 string_enum!(TriggerReason { Push => "push", PullRequest => "pull_request", Tag => "tag" });
 string_enum!(
-    /// The subset of TFE run states this service creates or moves runs through.
+    /// The TFE run states this service moves runs through (see [`crate::lifecycle`]).
     RunStatus {
         Pending => "pending",
+        PlanQueued => "plan_queued",
         Planning => "planning",
         Planned => "planned",
+        Confirmed => "confirmed",
         ApplyQueued => "apply_queued",
         Applying => "applying",
         Applied => "applied",

@@ -9,6 +9,8 @@ pub mod db;
 pub mod domain;
 pub mod health;
 pub mod ids;
+pub mod lifecycle;
+pub mod outbox;
 pub mod queue;
 pub mod runs;
 pub mod telemetry;

@@ -72,7 +72,7 @@ pub enum QueueError {
     Timeout(Duration),
 }
 
-fn unreachable(err: lapin::Error) -> QueueError {
+pub fn unreachable(err: lapin::Error) -> QueueError {
     QueueError::Unreachable(err.to_string())
 }
 
@@ -130,6 +130,53 @@ pub async fn declare_topology(channel: &Channel) -> Result<(), QueueError> {
     );
     channel
         .queue_declare(POLL_QUEUE.into(), durable, arguments)
+        .await
+        .map_err(unreachable)?;
+    Ok(())
+}
+
+/// The reporter's quorum queue of run events (bound to every `run.*` key).
+pub const COMMIT_STATUS_QUEUE: &str = "terrapod.commit-status";
+
+/// Declares the run-events exchange and the commit-status reporter's queue bound to
+/// it, so events published before any reporter consumes are kept.
+pub async fn declare_run_events(channel: &Channel) -> Result<(), QueueError> {
+    channel
+        .exchange_declare(
+            crate::outbox::RUN_EVENTS_EXCHANGE.into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(unreachable)?;
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        ShortString::from("x-queue-type"),
+        AMQPValue::LongString(LongString::from("quorum")),
+    );
+    channel
+        .queue_declare(
+            COMMIT_STATUS_QUEUE.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            arguments,
+        )
+        .await
+        .map_err(unreachable)?;
+    channel
+        .queue_bind(
+            COMMIT_STATUS_QUEUE.into(),
+            crate::outbox::RUN_EVENTS_EXCHANGE.into(),
+            "run.*".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .map_err(unreachable)?;
     Ok(())

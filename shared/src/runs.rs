@@ -11,10 +11,14 @@ use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
+use diesel::sql_types::{BigInt, Nullable, Text};
+
 use crate::archives::StoredArchive;
+use crate::db::models::Run;
 use crate::db::schema::{configuration_versions, runs, vcs_events, workspaces};
 use crate::domain::{BranchName, CommitSha, RunStatus, TriggerReason, WorkingDirectory};
 use crate::ids::{ConfigurationVersionId, RunId, WorkspaceId};
+use crate::lifecycle::{self, Mover, Refusal, RunState};
 
 /// Titles are for people; an absurdly long one is cut rather than stored whole.
 const MAX_TITLE_CHARS: usize = 200;
@@ -134,10 +138,14 @@ fn first_line(text: &str) -> &str {
 }
 
 fn truncate(text: &str) -> String {
-    if text.chars().count() <= MAX_TITLE_CHARS {
+    truncate_to(text, MAX_TITLE_CHARS)
+}
+
+fn truncate_to(text: &str, max_chars: usize) -> String {
+    if text.chars().count() <= max_chars {
         text.to_owned()
     } else {
-        let mut cut: String = text.chars().take(MAX_TITLE_CHARS - 1).collect();
+        let mut cut: String = text.chars().take(max_chars - 1).collect();
         cut.push('…');
         cut
     }
@@ -290,18 +298,19 @@ async fn record(conn: &mut AsyncPgConnection, new: &NewVcsRun<'_>) -> Result<Run
         return Err(Abort::Superseded);
     }
 
+    // Creation is the run's first event, sent by the relay like every status change.
+    diesel::sql_query(RECORD_CREATION)
+        .bind::<Text, _>(run_id.as_str())
+        .bind::<Text, _>(new.workspace_id.as_str())
+        .execute(conn)
+        .await?;
+
     if let Some(number) = pull_request_number {
         // A new head supersedes the PR's older plans that have not started.
-        diesel::update(runs::table)
-            .filter(runs::workspace_id.eq(new.workspace_id))
-            .filter(runs::trigger_reason.eq(TriggerReason::PullRequest))
-            .filter(runs::vcs_pull_request_number.eq(number))
-            .filter(runs::vcs_commit_sha.ne(sha))
-            .filter(runs::status.eq(RunStatus::Pending))
-            .set((
-                runs::status.eq(RunStatus::Canceled),
-                runs::updated_at.eq(diesel::dsl::now),
-            ))
+        diesel::sql_query(CANCEL_SUPERSEDED_PLANS)
+            .bind::<Text, _>(new.workspace_id.as_str())
+            .bind::<BigInt, _>(number)
+            .bind::<Text, _>(sha)
             .execute(conn)
             .await?;
     }
@@ -310,6 +319,118 @@ async fn record(conn: &mut AsyncPgConnection, new: &NewVcsRun<'_>) -> Result<Run
         run_id,
         configuration_version_id,
     })
+}
+
+/// A status change, in the shape every statement below writes it: the status, its
+/// timestamp, the sequence, and the executor's message (or none).
+macro_rules! status_change {
+    ($status:expr, $key:expr, $message:expr) => {
+        concat!(
+            "status = ",
+            $status,
+            ", status_sequence = runs.status_sequence + 1, ",
+            "status_timestamps = runs.status_timestamps || jsonb_build_object(",
+            $key,
+            ", to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')), ",
+            "status_message = ",
+            $message,
+            ", updated_at = now()"
+        )
+    };
+}
+
+/// The run's creation event ($1 run, $2 workspace).
+const RECORD_CREATION: &str = "INSERT INTO run_events_outbox \
+    (run_id, workspace_id, organization_name, status, previous_status, sequence) \
+    SELECT $1, id, organization_name, 'pending', NULL, 1 FROM workspaces WHERE id = $2";
+
+/// Cancels a PR's pending plans of other commits ($1 workspace, $2 number, $3 new head),
+/// with their events.
+const CANCEL_SUPERSEDED_PLANS: &str = concat!(
+    "WITH moved AS (UPDATE runs SET ",
+    status_change!(
+        "'canceled'",
+        "'canceled-at'",
+        "'superseded by a newer commit'"
+    ),
+    " WHERE workspace_id = $1 AND trigger_reason = 'pull_request' \
+      AND vcs_pull_request_number = $2 AND vcs_commit_sha <> $3 AND status = 'pending' \
+      RETURNING id, workspace_id, status_sequence) \
+    INSERT INTO run_events_outbox \
+      (run_id, workspace_id, organization_name, status, previous_status, sequence) \
+    SELECT moved.id, moved.workspace_id, workspaces.organization_name, 'canceled', 'pending', \
+      moved.status_sequence FROM moved JOIN workspaces ON workspaces.id = moved.workspace_id"
+);
+
+/// Moves one run ($1) from $2 to $3 (timestamp key $4, message $5) if it is still in
+/// $2, writing its event in the same statement; returns the moved run.
+const MOVE_RUN: &str = concat!(
+    "WITH moved AS (UPDATE runs SET ",
+    status_change!("$3", "$4::text", "$5"),
+    " WHERE id = $1 AND status = $2 RETURNING runs.*), \
+    event AS (INSERT INTO run_events_outbox \
+      (run_id, workspace_id, organization_name, status, previous_status, sequence) \
+      SELECT moved.id, moved.workspace_id, workspaces.organization_name, moved.status, $2, \
+        moved.status_sequence FROM moved JOIN workspaces ON workspaces.id = moved.workspace_id) \
+    SELECT * FROM moved"
+);
+
+/// The longest executor message kept (it is shown on the commit).
+pub const MAX_STATUS_MESSAGE_CHARS: usize = 500;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MoveError {
+    #[error("run not found")]
+    NotFound,
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error(transparent)]
+    Database(#[from] DieselError),
+}
+
+fn state_of(run: &Run) -> RunState {
+    RunState {
+        status: run.status,
+        plan_only: run.plan_only,
+        auto_apply: run.auto_apply,
+    }
+}
+
+/// Moves a run to `to` if the lifecycle allows it from its current status. The write
+/// is a compare-and-set on the status the decision was made from: a mover that lost a
+/// race decides again on the status that won (the lifecycle has no cycles, so this
+/// ends), and the run never holds two states. The run event is written in the same
+/// statement.
+pub async fn move_run(
+    conn: &mut AsyncPgConnection,
+    id: &RunId,
+    to: RunStatus,
+    mover: Mover,
+    message: Option<&str>,
+) -> Result<Run, MoveError> {
+    let message = message.map(|m| truncate_to(m.trim(), MAX_STATUS_MESSAGE_CHARS));
+    loop {
+        let run: Run = runs::table
+            .find(id)
+            .select(Run::as_select())
+            .first(conn)
+            .await
+            .optional()?
+            .ok_or(MoveError::NotFound)?;
+        lifecycle::check(state_of(&run), to, mover)?;
+        let moved: Option<Run> = diesel::sql_query(MOVE_RUN)
+            .bind::<Text, _>(id.as_str())
+            .bind::<Text, _>(run.status.as_str())
+            .bind::<Text, _>(to.as_str())
+            .bind::<Text, _>(lifecycle::timestamp_key(to))
+            .bind::<Nullable<Text>, _>(message.as_deref())
+            .get_result(conn)
+            .await
+            .optional()?;
+        if let Some(moved) = moved {
+            return Ok(moved);
+        }
+    }
 }
 
 #[cfg(test)]

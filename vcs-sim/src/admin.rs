@@ -179,6 +179,23 @@ async fn route(method: &Method, path: &str, body: &[u8], ctx: &Context) -> Resul
                 return Ok(json!({}));
             }
             ("GET", "stats") => return Ok(json!(sim.stats)),
+            // What a run's commit shows: every check run and commit status, as the
+            // providers render them.
+            ("GET", "checks") => {
+                let base = ctx.base_url.as_str();
+                let check_runs: Vec<Value> = sim
+                    .check_runs
+                    .iter()
+                    .map(|run| crate::checks::render_check_run(base, run))
+                    .collect();
+                let statuses: Vec<Value> = sim
+                    .commit_statuses
+                    .iter()
+                    .filter(|status| !status.retried)
+                    .map(crate::checks::render_commit_status)
+                    .collect();
+                return Ok(json!({"check_runs": check_runs, "commit_statuses": statuses}));
+            }
             ("GET", "deliveries") => return Ok(json!(*ctx.deliveries.lock().expect("lock"))),
             ("POST", "repos") => {
                 let r: RepoBody = parse(body)?;

@@ -6,6 +6,7 @@
 //! Run it as a binary (admin API under `/_admin`), or in-process with [`Simulator`].
 
 pub mod admin;
+pub mod checks;
 pub mod git;
 pub mod ops;
 pub mod render;
@@ -196,6 +197,28 @@ impl Simulator {
         self.send(events).await;
     }
 
+    /// The check runs of a GitHub repository (`owner/name`), oldest first.
+    pub fn check_runs(&self, repo: &str) -> Vec<checks::CheckRun> {
+        let repo = repo.to_ascii_lowercase();
+        self.sim()
+            .check_runs
+            .iter()
+            .filter(|run| run.repo == repo)
+            .cloned()
+            .collect()
+    }
+
+    /// The current commit statuses of a GitLab project (`group/project`), oldest first.
+    pub fn commit_statuses(&self, project: &str) -> Vec<checks::CommitStatus> {
+        let project = project.to_ascii_lowercase();
+        self.sim()
+            .commit_statuses
+            .iter()
+            .filter(|status| status.project == project && !status.retried)
+            .cloned()
+            .collect()
+    }
+
     pub fn inject_fault(&self, fault: Fault) {
         ops::inject_fault(&mut self.sim(), fault);
     }
@@ -313,6 +336,7 @@ impl Fault {
             latency_ms: None,
             redirect_to: None,
             link_next: None,
+            answer_lost: false,
             count: 1,
         }
     }

@@ -30,13 +30,13 @@ fn decode(segment: &str) -> String {
         .into_owned()
 }
 
-fn query(req: &HttpRequest) -> Vec<(String, String)> {
+pub(crate) fn query(req: &HttpRequest) -> Vec<(String, String)> {
     web::Query::<Vec<(String, String)>>::from_query(req.query_string())
         .map(|q| q.into_inner())
         .unwrap_or_default()
 }
 
-fn param(pairs: &[(String, String)], name: &str) -> Option<String> {
+pub(crate) fn param(pairs: &[(String, String)], name: &str) -> Option<String> {
     pairs
         .iter()
         .find(|(k, _)| k == name)
@@ -89,7 +89,7 @@ pub async fn dispatch(req: HttpRequest, body: web::Bytes, ctx: web::Data<Context
         if let Some(latency) = fault.latency() {
             tokio::time::sleep(latency).await;
         }
-        if let Some(status) = fault.status {
+        if let Some(status) = fault.status.filter(|_| !fault.answer_lost) {
             return injected(kind, fault, status, &ctx);
         }
         if let Some(location) = &fault.redirect_to {
@@ -102,13 +102,18 @@ pub async fn dispatch(req: HttpRequest, body: web::Bytes, ctx: web::Data<Context
         codeload(rest, &ctx).await
     } else {
         match kind {
-            Kind::Gitlab => match gitlab(&req, &path["/api/v4/".len()..], &ctx) {
+            Kind::Gitlab => match gitlab(&req, &path["/api/v4/".len()..], &body, &ctx) {
                 Answer::Ready(response) => response,
                 Answer::Archive(kind, full, sha) => archive_response(&ctx, kind, &full, &sha).await,
             },
-            Kind::Github => github(&req, &path[1..], &ctx),
+            Kind::Github => github(&req, &path[1..], &body, &ctx),
         }
     };
+    if let Some(fault) = fault.as_ref().filter(|f| f.answer_lost) {
+        if let Some(status) = fault.status {
+            return injected(kind, fault, status, &ctx);
+        }
+    }
     if let Some(next) = fault.as_ref().and_then(|f| f.link_next.as_deref()) {
         if let Ok(value) = format!("<{next}>; rel=\"next\"").parse() {
             response
@@ -227,7 +232,7 @@ fn etag_of(body: &[u8]) -> String {
 
 /// A JSON answer with an ETag; a matching `If-None-Match` gets 304 and is not counted
 /// against the rate limit.
-fn conditional_json(
+pub(crate) fn conditional_json(
     req: &HttpRequest,
     sim: &mut Sim,
     kind: Kind,
@@ -314,7 +319,7 @@ fn rate_exhausted(sim: &mut Sim, kind: Kind) -> Option<HttpResponse> {
     Some(response.json(body))
 }
 
-fn github_error(status: StatusCode, message: &str) -> HttpResponse {
+pub(crate) fn github_error(status: StatusCode, message: &str) -> HttpResponse {
     HttpResponse::build(status).json(json!({
         "message": message,
         "documentation_url": "https://docs.github.com/rest",
@@ -322,7 +327,7 @@ fn github_error(status: StatusCode, message: &str) -> HttpResponse {
     }))
 }
 
-fn gitlab_error(status: StatusCode, message: &str) -> HttpResponse {
+pub(crate) fn gitlab_error(status: StatusCode, message: &str) -> HttpResponse {
     HttpResponse::build(status).json(json!({ "message": message }))
 }
 
@@ -438,16 +443,15 @@ fn installation_sees(sim: &Sim, installation_id: i64, repo: &Repo) -> bool {
     })
 }
 
-fn github(req: &HttpRequest, path: &str, ctx: &Context) -> HttpResponse {
+fn github(req: &HttpRequest, path: &str, body: &[u8], ctx: &Context) -> HttpResponse {
     let segments: Vec<String> = path.split('/').map(decode).collect();
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
     if req.method() == Method::POST {
         if let ["app", "installations", id, "access_tokens"] = segments.as_slice() {
             return mint_installation_token(req, id, ctx);
         }
-        return github_error(StatusCode::NOT_FOUND, "Not Found");
     }
-    if req.method() != Method::GET {
+    if ![Method::GET, Method::POST, Method::PATCH].contains(req.method()) {
         return github_error(StatusCode::NOT_FOUND, "Not Found");
     }
     let mut sim = ctx.sim.lock().expect("sim lock");
@@ -478,6 +482,11 @@ fn github(req: &HttpRequest, path: &str, ctx: &Context) -> HttpResponse {
             };
             if !installation_sees(&sim, installation, repo) {
                 return not_found();
+            }
+            if req.method() != Method::GET
+                || matches!(rest, ["check-runs", ..] | ["commits", _, "check-runs"])
+            {
+                return crate::checks::github(req, &mut sim, &full, base, rest, body);
             }
             let value = match rest {
                 [] => render::github_repo(base, repo),
@@ -517,6 +526,7 @@ fn github(req: &HttpRequest, path: &str, ctx: &Context) -> HttpResponse {
             };
             conditional_json(req, &mut sim, Kind::Github, &value, HttpResponse::Ok())
         }
+        _ if req.method() != Method::GET => github_error(StatusCode::NOT_FOUND, "Not Found"),
         _ => not_found(),
     }
 }
@@ -977,8 +987,8 @@ fn gitlab_project<'a>(sim: &'a Sim, id: &str) -> Option<&'a Repo> {
     }
 }
 
-fn gitlab(req: &HttpRequest, path: &str, ctx: &Context) -> Answer {
-    if req.method() != Method::GET {
+fn gitlab(req: &HttpRequest, path: &str, body: &[u8], ctx: &Context) -> Answer {
+    if req.method() != Method::GET && req.method() != Method::POST {
         return gitlab_error(StatusCode::NOT_FOUND, "404 Not Found").into();
     }
     let segments: Vec<String> = path.split('/').map(decode).collect();
@@ -1014,6 +1024,11 @@ fn gitlab(req: &HttpRequest, path: &str, ctx: &Context) -> Answer {
                 return not_found("Project").into();
             }
             let full = repo.full_path();
+            if req.method() != Method::GET
+                || matches!(rest, ["repository", "commits", _, "statuses"])
+            {
+                return crate::checks::gitlab(req, &mut sim, &full, rest, body).into();
+            }
             let value = match rest {
                 [] => render::gitlab_project(base, repo),
                 ["repository", "branches", branch] => {

@@ -140,6 +140,10 @@ pub struct Fault {
     /// Answer normally, with `Link: <this>; rel="next"` (a page elsewhere).
     #[serde(default)]
     pub link_next: Option<String>,
+    /// Carry the request out, then answer `status` anyway: an answer lost on the way
+    /// back (a create that happened although the client saw an error).
+    #[serde(default)]
+    pub answer_lost: bool,
     #[serde(default = "one")]
     pub count: u64,
 }
@@ -305,6 +309,8 @@ pub struct Sim {
     /// `None`: no secondary limits (GitHub always has them; tests may turn them off).
     pub secondary_limits: Option<SecondaryLimits>,
     pub usage: HashMap<i64, InstallationUsage>,
+    pub check_runs: Vec<crate::checks::CheckRun>,
+    pub commit_statuses: Vec<crate::checks::CommitStatus>,
 }
 
 pub fn key(kind: Kind, path: &str) -> (Kind, String) {
@@ -329,6 +335,8 @@ impl Sim {
             latency: Latency::default(),
             secondary_limits: Some(SecondaryLimits::default()),
             usage: HashMap::new(),
+            check_runs: Vec::new(),
+            commit_statuses: Vec::new(),
         }
     }
 

@@ -232,6 +232,90 @@ async fn github_responses_validate_against_githubs_openapi_description() {
         }
         assert_matches_schema(&doc, &response_schema(template, "get", "200"), &body, what);
     }
+    // Check runs: create, update, one, and the list of a commit's.
+    let head = sim.sim().repo(Kind::Github, "acme/infra").unwrap().branches["feature"].clone();
+    let created = client
+        .post(format!("{}/repos/acme/infra/check-runs", sim.url()))
+        .bearer_auth(&token)
+        .json(&json!({"name": "terrapod/default/infra", "head_sha": head, "status": "queued",
+            "external_id": "run-1", "details_url": "http://localhost:8080/app/default/infra/runs/run-1",
+            "output": {"title": "Plan queued", "summary": "Terraform run run-1: Plan queued."}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let created: Value = created.json().await.unwrap();
+    assert_matches_schema(
+        &doc,
+        &response_schema("/repos/{owner}/{repo}/check-runs", "post", "201"),
+        &created,
+        "created check run",
+    );
+    let id = created["id"].as_i64().unwrap();
+    let updated = client
+        .patch(format!("{}/repos/acme/infra/check-runs/{id}", sim.url()))
+        .bearer_auth(&token)
+        .json(&json!({"status": "completed", "conclusion": "success"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(updated.status(), 200);
+    let updated: Value = updated.json().await.unwrap();
+    assert_eq!(updated["conclusion"], "success");
+    assert!(updated["completed_at"].is_string());
+    assert_matches_schema(
+        &doc,
+        &response_schema(
+            "/repos/{owner}/{repo}/check-runs/{check_run_id}",
+            "patch",
+            "200",
+        ),
+        &updated,
+        "updated check run",
+    );
+    for (path, template) in [
+        (
+            format!("/repos/acme/infra/check-runs/{id}"),
+            "/repos/{owner}/{repo}/check-runs/{check_run_id}",
+        ),
+        (
+            "/repos/acme/infra/commits/feature/check-runs?check_name=terrapod%2Fdefault%2Finfra"
+                .to_owned(),
+            "/repos/{owner}/{repo}/commits/{ref}/check-runs",
+        ),
+    ] {
+        let body: Value = client
+            .get(format!("{}{path}", sim.url()))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_matches_schema(&doc, &response_schema(template, "get", "200"), &body, &path);
+    }
+    // GitHub's refusals: a completed run without a conclusion, an unknown commit.
+    for body in [
+        json!({"name": "x", "head_sha": head, "status": "completed"}),
+        json!({"name": "x", "head_sha": "0".repeat(40)}),
+    ] {
+        let refused = client
+            .post(format!("{}/repos/acme/infra/check-runs", sim.url()))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 422, "{body}");
+        let refused: Value = refused.json().await.unwrap();
+        assert_matches_schema(
+            &doc,
+            "/components/schemas/basic-error",
+            &refused,
+            "422 body",
+        );
+    }
     // Errors have GitHub's shape too.
     let unauthorized: Value = client
         .get(format!("{}/repos/acme/infra", sim.url()))
@@ -321,6 +405,51 @@ async fn gitlab_responses_carry_the_fields_of_recorded_real_responses() {
         "compare",
     );
     assert_eq!(compare["diffs"][0]["new_path"], "a.tf");
+    // Commit statuses: go-gitlab records none; their fields are checked against its
+    // `CommitStatus` struct. Setting the state a status already has is refused, as
+    // GitLab does.
+    let head = sim
+        .sim()
+        .repo(Kind::Gitlab, "group/project")
+        .unwrap()
+        .branches["feature"]
+        .clone();
+    let post_status = |state: &str| {
+        client
+            .post(format!(
+                "{}/api/v4/projects/group%2Fproject/statuses/{head}",
+                sim.url()
+            ))
+            .header("PRIVATE-TOKEN", "glpat-x")
+            .json(
+                &json!({"state": state, "name": "terrapod/default/project", "ref": "feature",
+                "target_url": "http://localhost:8080/app/default/project/runs/run-1"}),
+            )
+            .send()
+    };
+    let created = post_status("running").await.unwrap();
+    assert_eq!(created.status(), 201);
+    let created: Value = created.json().await.unwrap();
+    let commit_status_fields = json!({"id": 0, "sha": "", "ref": "", "status": "",
+        "created_at": "", "started_at": "", "finished_at": "", "name": "", "allow_failure": false,
+        "coverage": 0.0, "author": {"id": 0, "username": "", "name": "", "state": "",
+        "avatar_url": "", "web_url": ""}, "description": "", "target_url": ""});
+    assert_same_fields(&commit_status_fields, &created, "commit status");
+    let again = post_status("running").await.unwrap();
+    assert_eq!(again.status(), 400);
+    let again: Value = again.json().await.unwrap();
+    assert!(again["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("Cannot transition status"));
+    assert_eq!(post_status("success").await.unwrap().status(), 201);
+    let statuses = get(&format!(
+        "projects/group%2Fproject/repository/commits/{head}/statuses"
+    ))
+    .await;
+    assert_eq!(statuses.as_array().unwrap().len(), 1);
+    assert_eq!(statuses[0]["status"], "success");
+    assert_same_fields(&json!([commit_status_fields]), &statuses, "commit statuses");
     let diffs = get("projects/group%2Fproject/merge_requests/1/diffs?per_page=100").await;
     assert_same_fields(
         &json!([{"old_path": "", "new_path": "", "a_mode": "", "b_mode": "", "diff": "",

@@ -20,6 +20,7 @@ use terrapod_shared::Settings;
 
 use crate::error::ApiError;
 use crate::jsonapi::read_body;
+use crate::resources::vcs_events;
 use crate::startup::AppState;
 use payload::Delivery;
 
@@ -314,6 +315,23 @@ async fn accept(
             let _ = deliveries::release(&mut conn, provider, id).await;
         }
         return Err(err);
+    }
+    if !workspaces.is_empty() {
+        let repository: String = delivery.repository.chars().take(200).collect();
+        let message = match delivery_id {
+            Some(id) => format!("{provider} webhook for {repository} (delivery {id}): poll queued"),
+            None => format!("{provider} webhook for {repository}: poll queued"),
+        };
+        // The poll is queued; an event log that cannot be written only loses the note.
+        let recorded = match state.pool.get().await {
+            Ok(mut conn) => vcs_events::service::record_webhook(&mut conn, &workspaces, &message)
+                .await
+                .map_err(|err| err.to_string()),
+            Err(err) => Err(err.to_string()),
+        };
+        if let Err(err) = recorded {
+            tracing::warn!(error = %err, "cannot record the webhook in the event log");
+        }
     }
     tracing::info!(%provider, repository = %delivery.repository, workspaces = workspaces.len(), delivery.id = delivery_id, "webhook accepted");
     Ok(WebhookOutcome::Accepted)

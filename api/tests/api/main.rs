@@ -6,6 +6,7 @@ mod commands;
 mod garbage;
 mod health;
 mod helpers;
+mod lifecycle;
 mod polls;
 mod run_creation;
 mod runs;

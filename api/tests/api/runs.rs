@@ -138,7 +138,7 @@ async fn plan_only_runs_cannot_be_applied_and_others_only_when_awaiting_confirma
     let push = created_run(record_push(&app.pool, &ws, &sha(1), None, b"t").await);
     let path = format!("/api/v2/runs/{push}/actions/apply");
     let detail = assert_error(app.post(&path, &Value::Null).await, 409).await;
-    assert!(detail.contains("not awaiting confirmation"), "{detail}");
+    assert_eq!(detail, "a run cannot move from pending to confirmed");
     {
         let mut conn = app.connection().await;
         diesel::update(runs::table.filter(runs::id.eq(&push)))
@@ -150,7 +150,7 @@ async fn plan_only_runs_cannot_be_applied_and_others_only_when_awaiting_confirma
     let response = app.post(&path, &Value::Null).await;
     assert_eq!(response.status(), 202);
     let body: Value = response.json().await.unwrap();
-    assert_eq!(body["data"]["attributes"]["status"], "apply_queued");
+    assert_eq!(body["data"]["attributes"]["status"], "confirmed");
 }
 
 #[tokio::test]

@@ -6,5 +6,6 @@ mod flows;
 mod helpers;
 mod process;
 mod replicas;
+mod reporting;
 mod robustness;
 mod triggers;

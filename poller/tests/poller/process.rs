@@ -8,7 +8,12 @@ use std::time::{Duration, Instant};
 use terrapod_shared::domain::TriggerReason;
 use terrapod_vcs_sim::{Fault, Kind};
 
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use terrapod_shared::db::schema::run_events_outbox;
+
 use crate::helpers::World;
+use crate::reporting::{follow_run_events, outbox_len, read_events, Received};
 
 fn poller(world: &World, args: &[&str], overrides: &[(&str, &str)]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_terrapod-poller"));
@@ -275,4 +280,83 @@ async fn health_readiness_and_metrics_are_served() {
     assert_eq!(ready.status(), 200);
     signal(&child, "-TERM");
     assert!(wait(&mut child, Duration::from_secs(20)).success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_killed_mid_batch_loses_nothing() {
+    let world = World::new().await;
+    let (_follower, mut events) = follow_run_events(&world).await;
+    // 3,000 waiting events of 50 runs (the relay does not look at the runs).
+    const RUNS: i64 = 50;
+    const PER_RUN: i64 = 60;
+    {
+        let mut conn = world.db.connection().await;
+        for sequence in 1..=PER_RUN {
+            let rows: Vec<_> = (0..RUNS)
+                .map(|run| {
+                    (
+                        run_events_outbox::run_id.eq(format!("run-test{run:04}")),
+                        run_events_outbox::workspace_id.eq("ws-test"),
+                        run_events_outbox::organization_name.eq("default"),
+                        run_events_outbox::status.eq("planning"),
+                        run_events_outbox::sequence.eq(sequence),
+                    )
+                })
+                .collect();
+            diesel::insert_into(run_events_outbox::table)
+                .values(rows)
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
+    // A replica whose only work is relaying (polling off), killed with SIGKILL in the
+    // middle of its work: after some events, before all.
+    let port = free_port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let (mut doomed, _) = spawn(poller(
+        &world,
+        &[],
+        &[
+            ("TERRAPOD_VCS__ENABLED", "false"),
+            ("TERRAPOD_POLLER__LISTEN", &listen),
+        ],
+    ));
+    let mut received = Received::default();
+    read_events(&mut events, &mut received, 700).await;
+    signal(&doomed, "-KILL");
+    wait(&mut doomed, Duration::from_secs(10));
+    let left = outbox_len(&world).await;
+    assert!(left > 0, "the relay was killed before it finished");
+
+    let survivor = world.context(&[]);
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let relay = tokio::spawn(terrapod_poller::relay::run_relay(
+        survivor.clone(),
+        shutdown,
+    ));
+    read_events(&mut events, &mut received, (RUNS * PER_RUN) as usize).await;
+    let _ = stop.send(true);
+    let _ = relay.await;
+    let after_kill = received.by_run;
+    assert_eq!(after_kill.len(), RUNS as usize);
+    for (run, sequences) in after_kill {
+        let mut distinct = sequences.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(
+            distinct,
+            (1..=PER_RUN).collect::<Vec<_>>(),
+            "{run}: every event arrived"
+        );
+        // Each event's first arrival is in sequence order.
+        let mut first_seen = Vec::new();
+        for sequence in sequences {
+            if !first_seen.contains(&sequence) {
+                first_seen.push(sequence);
+            }
+        }
+        assert_eq!(first_seen, distinct, "{run}: in order");
+    }
+    assert_eq!(outbox_len(&world).await, 0);
 }

@@ -172,7 +172,7 @@ pub struct ConfigurationVersion {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Queryable, Selectable, Identifiable)]
+#[derive(Debug, Clone, Queryable, QueryableByName, Selectable, Identifiable)]
 #[diesel(table_name = runs, check_for_backend(diesel::pg::Pg))]
 pub struct Run {
     pub id: RunId,
@@ -191,6 +191,12 @@ pub struct Run {
     pub updated_at: DateTime<Utc>,
     /// The tag whose push or move made a `tag` run.
     pub vcs_tag: Option<String>,
+    /// `{"planning-at": "…", …}`: when the run reached each status (SPEC section 9).
+    pub status_timestamps: serde_json::Value,
+    /// Counts the run's status changes (1 when created); orders its run events.
+    pub status_sequence: i64,
+    /// What the executor said with its last transition.
+    pub status_message: Option<String>,
 }
 
 /// One entry of a workspace's event log (SPEC section 9).

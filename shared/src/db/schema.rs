@@ -164,6 +164,31 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         vcs_tag -> Nullable<Text>,
+        status_timestamps -> Jsonb,
+        status_sequence -> Int8,
+        status_message -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    run_events_outbox (id) {
+        id -> Int8,
+        run_id -> Text,
+        workspace_id -> Text,
+        organization_name -> Text,
+        status -> Text,
+        previous_status -> Nullable<Text>,
+        sequence -> Int8,
+        at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    commit_status_reports (run_id) {
+        run_id -> Text,
+        check_run_id -> Nullable<Int8>,
+        reported_sequence -> Int8,
+        updated_at -> Timestamptz,
     }
 }
 
@@ -179,6 +204,7 @@ diesel::joinable!(runs -> workspaces (workspace_id));
 diesel::joinable!(vcs_events -> workspaces (workspace_id));
 diesel::joinable!(workspace_seen_tags -> workspaces (workspace_id));
 diesel::joinable!(runs -> configuration_versions (configuration_version_id));
+diesel::joinable!(commit_status_reports -> runs (run_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     organizations,
@@ -193,4 +219,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     webhook_deliveries,
     vcs_events,
     workspace_seen_tags,
+    run_events_outbox,
+    commit_status_reports,
 );

@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::budget::{BudgetKey, Priority};
-use super::http::{status_error, Credential, Endpoint, JsonResponse, ProviderRequest};
+use super::http::{
+    read_bounded, status_error, Credential, Endpoint, JsonResponse, ProviderRequest, MAX_JSON_BYTES,
+};
 use super::{
     archive_download, encode_ref_path, first_line, origin_of, parse_body, parse_sha,
     repack_blocking, sha256_hex, ArchiveLimits, BranchHead, PullRequest, Repacked, RepoUrl, Tag,
@@ -267,6 +269,7 @@ impl GitHubClient {
             timeout: None,
             json: None,
             redirects_off_origin: false,
+            at_most_once: false,
         };
         let response = http.send(&self.endpoint, &request).await?;
         if !response.status().is_success() {
@@ -351,6 +354,113 @@ impl GitHubClient {
                 detail: "a pagination link to another origin was refused".into(),
             })
         }
+    }
+}
+
+#[derive(Deserialize)]
+struct CheckRunList {
+    check_runs: Vec<CheckRunSummary>,
+}
+
+#[derive(Deserialize)]
+struct CheckRunSummary {
+    id: i64,
+    external_id: Option<String>,
+}
+
+/// Check runs (SPEC section 9): the App's `checks: write` permission.
+impl GitHubClient {
+    /// A JSON write. A 401 drops the token and tries once more: it was not acted on.
+    async fn write(
+        &self,
+        method: Method,
+        url: &str,
+        body: &serde_json::Value,
+        at_most_once: bool,
+        what: &str,
+    ) -> Result<bytes::Bytes, VcsError> {
+        let http = &self.shared.http;
+        let mut retried = false;
+        loop {
+            let token = self.installation_token().await?;
+            let request = ProviderRequest {
+                at_most_once,
+                ..ProviderRequest::json(
+                    method.clone(),
+                    url,
+                    Credential::Bearer(token.expose_secret()),
+                    HEADERS,
+                    body,
+                )
+            };
+            let response = http.send(&self.endpoint, &request).await?;
+            match response.status().as_u16() {
+                401 if !retried => {
+                    self.drop_token(&token).await;
+                    retried = true;
+                }
+                404 => {
+                    return Err(VcsError::NotFound {
+                        provider: PROVIDER,
+                        what: what.to_owned(),
+                    })
+                }
+                status if (200..300).contains(&status) => {
+                    return read_bounded(PROVIDER, response, MAX_JSON_BYTES).await
+                }
+                _ => return Err(status_error(PROVIDER, response, None).await),
+            }
+        }
+    }
+
+    /// The check run named `name` on `sha` whose `external_id` is `external_id`, if
+    /// one exists (a create whose answer was lost may have made it).
+    pub async fn find_check_run(
+        &self,
+        repo: &RepoUrl,
+        sha: &CommitSha,
+        name: &str,
+        external_id: &str,
+    ) -> Result<Option<i64>, VcsError> {
+        let url = format!(
+            "{}/commits/{}/check-runs?check_name={}&filter=all&per_page=100",
+            self.repo_url(repo),
+            sha,
+            super::encode(name)
+        );
+        let what = format!("commit {} of {}", sha.short(), repo.full_path());
+        let response = self.get(&url, &what).await?;
+        let list: CheckRunList = parse_body(PROVIDER, &response.body)?;
+        Ok(list
+            .check_runs
+            .into_iter()
+            .find(|run| run.external_id.as_deref() == Some(external_id))
+            .map(|run| run.id))
+    }
+
+    /// Creates a check run; sent at most once (see [`ProviderRequest::at_most_once`]).
+    pub async fn create_check_run(
+        &self,
+        repo: &RepoUrl,
+        body: &serde_json::Value,
+    ) -> Result<i64, VcsError> {
+        let url = format!("{}/check-runs", self.repo_url(repo));
+        let what = format!("repository {}", repo.full_path());
+        let answer = self.write(Method::POST, &url, body, true, &what).await?;
+        Ok(parse_body::<CheckRunSummary>(PROVIDER, &answer)?.id)
+    }
+
+    pub async fn update_check_run(
+        &self,
+        repo: &RepoUrl,
+        id: i64,
+        body: &serde_json::Value,
+    ) -> Result<(), VcsError> {
+        let url = format!("{}/check-runs/{id}", self.repo_url(repo));
+        let what = format!("check run {id} of {}", repo.full_path());
+        self.write(Method::PATCH, &url, body, false, &what)
+            .await
+            .map(drop)
     }
 }
 
@@ -542,6 +652,7 @@ impl VcsProvider for GitHubClient {
             let request = ProviderRequest {
                 timeout: Some(Duration::from_secs(300)),
                 redirects_off_origin: true,
+                at_most_once: false,
                 ..ProviderRequest::get(&url, Credential::Bearer(token.expose_secret()), HEADERS)
             };
             let response = http.send(&self.endpoint, &request).await?;

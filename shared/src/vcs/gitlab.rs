@@ -8,7 +8,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::budget::{BudgetKey, Priority};
-use super::http::{Credential, Endpoint, JsonResponse, ProviderRequest};
+use super::http::{status_error, Credential, Endpoint, JsonResponse, ProviderRequest};
 use super::{
     archive_download, encode, first_line, origin_of, parse_body, parse_sha, repack_blocking,
     sha256_hex, ArchiveLimits, BranchHead, PullRequest, Repacked, RepoUrl, Tag, VcsError,
@@ -152,6 +152,42 @@ impl GitLabClient {
                 what: what.to_owned(),
             }),
             other => other,
+        }
+    }
+}
+
+impl GitLabClient {
+    /// Sets the commit status named in `body` on `sha` (SPEC section 9). GitLab
+    /// refuses to set a status to the state it already has; that is success here.
+    pub async fn set_commit_status(
+        &self,
+        repo: &RepoUrl,
+        sha: &CommitSha,
+        body: &serde_json::Value,
+    ) -> Result<(), VcsError> {
+        let url = format!("{}/statuses/{sha}", self.project_url(repo));
+        let request = ProviderRequest::json(
+            reqwest::Method::POST,
+            &url,
+            Credential::PrivateToken(self.token.expose_secret()),
+            &[],
+            body,
+        );
+        let response = self.shared.http.send(&self.endpoint, &request).await?;
+        if response.status().is_success() {
+            return Ok(());
+        }
+        match status_error(PROVIDER, response, None).await {
+            VcsError::Status {
+                status: 400,
+                message,
+                ..
+            } if message.contains("Cannot transition status") => Ok(()),
+            VcsError::Status { status: 404, .. } => Err(VcsError::NotFound {
+                provider: PROVIDER,
+                what: format!("commit {} of {}", sha.short(), repo.full_path()),
+            }),
+            other => Err(other),
         }
     }
 }
@@ -331,6 +367,7 @@ impl VcsProvider for GitLabClient {
         let request = ProviderRequest {
             timeout: Some(Duration::from_secs(300)),
             redirects_off_origin: true,
+            at_most_once: false,
             ..self.request(&url)
         };
         let response = http.send(&self.endpoint, &request).await?;

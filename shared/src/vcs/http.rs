@@ -94,6 +94,10 @@ pub struct ProviderRequest<'a> {
     /// that point elsewhere are refused, so a hostile server cannot aim the poller at
     /// internal hosts and read their answers back in `vcs-last-error`.
     pub redirects_off_origin: bool,
+    /// Sent again only after an answer that proves it was not acted on (a rate limit):
+    /// a create whose answer was lost must not be repeated blindly (a second check
+    /// run); its caller looks before it tries again.
+    pub at_most_once: bool,
 }
 
 impl<'a> ProviderRequest<'a> {
@@ -110,6 +114,22 @@ impl<'a> ProviderRequest<'a> {
             timeout: None,
             json: None,
             redirects_off_origin: false,
+            at_most_once: false,
+        }
+    }
+
+    /// A request with a JSON body (check runs, commit statuses).
+    pub fn json(
+        method: Method,
+        url: &'a str,
+        credential: Credential<'a>,
+        headers: &'a [(&'static str, &'static str)],
+        body: &'a serde_json::Value,
+    ) -> Self {
+        ProviderRequest {
+            method,
+            json: Some(body),
+            ..ProviderRequest::get(url, credential, headers)
         }
     }
 }
@@ -398,16 +418,17 @@ impl VcsHttp {
                     return Ok(response);
                 }
                 let wait_hint = wait_hint(response.headers());
+                let retryable = !request.at_most_once || is_rate_limited(&response);
                 Err(Failed {
                     error: status_error(provider, response, wait_hint).await,
                     wait_hint,
-                    retryable: true,
+                    retryable,
                 })
             }
             Err(err) if err.is_timeout() => Err(Failed {
                 error: VcsError::Timeout { provider },
                 wait_hint: None,
-                retryable: true,
+                retryable: !request.at_most_once,
             }),
             Err(err) => Err(Failed {
                 error: VcsError::Transport {
@@ -415,7 +436,7 @@ impl VcsHttp {
                     detail: err.without_url().to_string(),
                 },
                 wait_hint: None,
-                retryable: true,
+                retryable: !request.at_most_once,
             }),
         }
     }

@@ -8,6 +8,7 @@ pub mod github;
 pub mod gitlab;
 pub mod http;
 pub mod repo_url;
+pub mod status;
 
 use std::future::Future;
 use std::sync::Arc;

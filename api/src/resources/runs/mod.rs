@@ -8,8 +8,10 @@ use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::jsonapi::{self, Page};
+use crate::jsonapi::{self, JsonApiBody, Page};
 use crate::startup::AppState;
+use terrapod_shared::domain::RunStatus;
+use terrapod_shared::lifecycle::Mover;
 
 pub async fn list(
     _caller: Caller,
@@ -38,15 +40,23 @@ pub async fn show(
     )))
 }
 
+/// A person's action on a run (cancel, apply, discard): 202 with the run, as TFE.
+async fn act(state: &AppState, id: &str, to: RunStatus) -> Result<HttpResponse, ApiError> {
+    let mut conn = state.pool.get().await?;
+    let run = match to {
+        RunStatus::Confirmed => service::apply(&mut conn, id).await?,
+        _ => service::move_to(&mut conn, id, to, Mover::Person, None).await?,
+    };
+    tracing::info!(run.id = %run.id, run.status = %run.status, "run moved by request");
+    Ok(jsonapi::document(StatusCode::ACCEPTED, view::render(&run)))
+}
+
 pub async fn cancel(
     _caller: Caller,
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let mut conn = state.pool.get().await?;
-    let run = service::cancel(&mut conn, &id).await?;
-    tracing::info!(run.id = %run.id, "run canceled");
-    Ok(jsonapi::document(StatusCode::ACCEPTED, view::render(&run)))
+    act(&state, &id, RunStatus::Canceled).await
 }
 
 pub async fn apply(
@@ -54,8 +64,35 @@ pub async fn apply(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    act(&state, &id, RunStatus::Confirmed).await
+}
+
+pub async fn discard(
+    _caller: Caller,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    act(&state, &id, RunStatus::Discarded).await
+}
+
+/// An executor reports progress: 200 with the moved run, 409 naming both statuses
+/// when the lifecycle does not allow the move.
+pub async fn transition(
+    _caller: Caller,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    body: JsonApiBody<service::TransitionRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let request = body.0;
     let mut conn = state.pool.get().await?;
-    let run = service::apply(&mut conn, &id).await?;
-    tracing::info!(run.id = %run.id, "run apply confirmed");
-    Ok(jsonapi::document(StatusCode::ACCEPTED, view::render(&run)))
+    let run = service::move_to(
+        &mut conn,
+        &id,
+        request.status,
+        Mover::Executor,
+        request.message.as_deref(),
+    )
+    .await?;
+    tracing::info!(run.id = %run.id, run.status = %run.status, "run moved by its executor");
+    Ok(jsonapi::ok(view::render(&run)))
 }

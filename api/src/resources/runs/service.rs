@@ -1,12 +1,16 @@
-//! Runs: listing, cancel and apply. Runs are created only by the poller
+//! Runs: listing, and moving them through the lifecycle (executors' transitions and
+//! people's cancel, apply and discard). Runs are created only by the poller
 //! (`terrapod_shared::runs::create_vcs_run`).
 
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use serde::Deserialize;
 use terrapod_shared::db::models::Run;
 use terrapod_shared::db::schema::{runs, workspaces};
 use terrapod_shared::domain::RunStatus;
 use terrapod_shared::ids::{RunId, WorkspaceId};
+use terrapod_shared::lifecycle::{Mover, Refusal};
+use terrapod_shared::runs::{move_run, MoveError};
 
 use crate::error::ApiError;
 use crate::jsonapi::Page;
@@ -57,49 +61,38 @@ pub async fn list_for_workspace(
     }
 }
 
-/// Moves the run from `from` to `to` atomically; `None` if it was not in `from`.
-async fn transition(
+/// Moves the run through the lifecycle (`terrapod_shared::runs::move_run`).
+pub async fn move_to(
     conn: &mut AsyncPgConnection,
-    run: &Run,
-    from: RunStatus,
+    id: &str,
     to: RunStatus,
-) -> Result<Option<Run>, ApiError> {
-    Ok(diesel::update(runs::table.find(&run.id))
-        .filter(runs::status.eq(from))
-        .set((runs::status.eq(to), runs::updated_at.eq(diesel::dsl::now)))
-        .returning(Run::as_returning())
-        .get_result(conn)
+    mover: Mover,
+    message: Option<&str>,
+) -> Result<Run, ApiError> {
+    let parsed = RunId::parse(id).map_err(|_| ApiError::not_found("run", id))?;
+    move_run(conn, &parsed, to, mover, message)
         .await
-        .optional()?)
-}
-
-/// Only a pending run can be canceled here; later states belong to the run executor.
-pub async fn cancel(conn: &mut AsyncPgConnection, id: &str) -> Result<Run, ApiError> {
-    let run = find(conn, id).await?;
-    transition(conn, &run, RunStatus::Pending, RunStatus::Canceled)
-        .await?
-        .ok_or_else(|| {
-            ApiError::Conflict(format!(
-                "only pending runs can be canceled; this run is {}",
-                run.status
-            ))
+        .map_err(|err| match err {
+            MoveError::NotFound => ApiError::not_found("run", id),
+            MoveError::Refused(refusal) => ApiError::Conflict(refusal.to_string()),
+            MoveError::Database(err) => err.into(),
         })
 }
 
-/// Confirms a run that is waiting for it (`planned`). Plan-only runs never apply.
+/// Confirms a run that is waiting for it (`planned` → `confirmed`). Plan-only runs
+/// never apply, whatever their status.
 pub async fn apply(conn: &mut AsyncPgConnection, id: &str) -> Result<Run, ApiError> {
-    let run = find(conn, id).await?;
-    if run.plan_only {
-        return Err(ApiError::Conflict(
-            "plan-only runs cannot be applied".into(),
-        ));
+    if find(conn, id).await?.plan_only {
+        return Err(ApiError::Conflict(Refusal::PlanOnly.to_string()));
     }
-    transition(conn, &run, RunStatus::Planned, RunStatus::ApplyQueued)
-        .await?
-        .ok_or_else(|| {
-            ApiError::Conflict(format!(
-                "the run is not awaiting confirmation; it is {}",
-                run.status
-            ))
-        })
+    move_to(conn, id, RunStatus::Confirmed, Mover::Person, None).await
+}
+
+/// What an executor sends to move a run: `{"status":"planning","message":"…"}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransitionRequest {
+    pub status: RunStatus,
+    #[serde(default)]
+    pub message: Option<String>,
 }

@@ -4,6 +4,7 @@
 use serde::Serialize;
 use terrapod_shared::db::models::Run;
 use terrapod_shared::domain::{RunStatus, TriggerReason};
+use terrapod_shared::lifecycle::{self, RunActions, RunState};
 
 use crate::jsonapi::{timestamp, Related};
 
@@ -31,6 +32,8 @@ struct RunAttributes<'a> {
     vcs_pull_request_number: Option<i64>,
     vcs_tag: Option<&'a str>,
     created_at: String,
+    status_timestamps: &'a serde_json::Value,
+    actions: RunActions,
 }
 
 #[derive(Serialize)]
@@ -62,6 +65,12 @@ pub fn render(run: &Run) -> RunResource<'_> {
             vcs_pull_request_number: run.vcs_pull_request_number,
             vcs_tag: run.vcs_tag.as_deref(),
             created_at: timestamp(run.created_at),
+            status_timestamps: &run.status_timestamps,
+            actions: lifecycle::actions(RunState {
+                status: run.status,
+                plan_only: run.plan_only,
+                auto_apply: run.auto_apply,
+            }),
         },
         relationships: RunRelationships {
             workspace: Related::to("workspaces", run.workspace_id.as_str()),

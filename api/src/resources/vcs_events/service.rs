@@ -1,4 +1,5 @@
-//! Reading a workspace's event log (the poller and the run recorder write it).
+//! A workspace's event log: read here; written by the poller, the run recorder, the
+//! commit-status reporter and (webhook deliveries) here.
 
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
@@ -37,4 +38,26 @@ pub async fn list_for_workspace(
         .load(conn)
         .await?;
     Ok((rows, total))
+}
+
+/// Records that a webhook delivery asked each of `workspaces` to poll (SPEC section 9).
+pub async fn record_webhook(
+    conn: &mut AsyncPgConnection,
+    workspaces: &[WorkspaceId],
+    message: &str,
+) -> QueryResult<usize> {
+    let rows: Vec<_> = workspaces
+        .iter()
+        .map(|id| {
+            (
+                vcs_events::workspace_id.eq(id),
+                vcs_events::kind.eq("webhook-received"),
+                vcs_events::message.eq(message),
+            )
+        })
+        .collect();
+    diesel::insert_into(vcs_events::table)
+        .values(rows)
+        .execute(conn)
+        .await
 }

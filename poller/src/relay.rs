@@ -1,0 +1,152 @@
+//! The run-event relay: publishes the outbox (`terrapod_shared::outbox`) to the topic
+//! exchange `terrapod.run-events` and deletes events only after RabbitMQ confirmed
+//! them. One relay publishes at a time across all replicas (a transaction-scoped
+//! advisory lock), so events leave in commit order and a run's events in `sequence`
+//! order. A replica killed mid-batch leaves its events in the outbox for the next
+//! relay: they may be delivered twice, never lost. While the broker is away events
+//! wait in PostgreSQL.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use diesel_async::AsyncConnection;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Channel};
+use secrecy::ExposeSecret;
+use terrapod_shared::outbox::{self, RunEvent, RUN_EVENTS_EXCHANGE};
+use terrapod_shared::queue::{self, unreachable, QueueError};
+use tokio::sync::watch;
+
+use crate::consumer::reconnect_delays;
+use crate::poll::PollContext;
+
+/// Events published per transaction at most.
+const BATCH: i64 = 500;
+/// How often an idle relay looks for new events: the time from a transition to its
+/// event is at most about this.
+const IDLE_PAUSE: Duration = Duration::from_millis(50);
+/// A batch's publishes and confirms end within this, or the batch is retried.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error("database: {0}")]
+    Database(#[from] diesel::result::Error),
+    #[error("database: {0}")]
+    Pool(#[from] terrapod_shared::db::PoolError),
+}
+
+/// Relays until `shutdown`; reconnects to the broker with backoff.
+pub async fn run_relay(ctx: Arc<PollContext>, mut shutdown: watch::Receiver<bool>) {
+    let mut delays = reconnect_delays();
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let mut relayed_any = false;
+        match relay(&ctx, &mut shutdown, &mut relayed_any).await {
+            Ok(()) => return,
+            Err(err) => {
+                if relayed_any {
+                    delays = reconnect_delays();
+                }
+                let wait = delays.next().unwrap_or(Duration::from_secs(30));
+                tracing::warn!(error = %err, retry_in_ms = wait.as_millis() as u64, "run-event relay stopped; events wait in the outbox");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+        }
+    }
+}
+
+async fn relay(
+    ctx: &PollContext,
+    shutdown: &mut watch::Receiver<bool>,
+    relayed_any: &mut bool,
+) -> Result<(), RelayError> {
+    let connection = queue::connect(
+        ctx.settings.amqp_url.expose_secret(),
+        "terrapod-poller-relay",
+    )
+    .await?;
+    let channel = connection.create_channel().await.map_err(unreachable)?;
+    queue::declare_run_events(&channel).await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(unreachable)?;
+    loop {
+        if *shutdown.borrow() {
+            let _ = channel.close(200, "shutting down".into()).await;
+            let _ = connection.close(200, "shutting down".into()).await;
+            return Ok(());
+        }
+        let relayed = relay_batch(ctx, &channel).await?;
+        if relayed > 0 {
+            *relayed_any = true;
+            ctx.metrics.run_events_published.inc_by(relayed as u64);
+        } else {
+            tokio::select! {
+                _ = tokio::time::sleep(IDLE_PAUSE) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+}
+
+/// Publishes one batch of waiting events and deletes them, in one transaction that
+/// holds the relay lock. Returns how many were relayed (0 when another replica's
+/// relay holds the lock or nothing waits).
+pub async fn relay_batch(ctx: &PollContext, channel: &Channel) -> Result<usize, RelayError> {
+    let mut conn = ctx.events_pool.get().await?;
+    conn.transaction::<_, RelayError, _>(async |conn| {
+        if !outbox::try_lock_relay(conn).await? {
+            return Ok(0);
+        }
+        let rows = outbox::waiting(conn, BATCH).await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        tokio::time::timeout(CONFIRM_TIMEOUT, publish_all(channel, &rows))
+            .await
+            .map_err(|_| QueueError::Timeout(CONFIRM_TIMEOUT))??;
+        let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
+        outbox::delete(conn, &ids).await?;
+        Ok(rows.len())
+    })
+    .await
+}
+
+/// Publishes every event persistently, then waits for all the confirms.
+async fn publish_all(channel: &Channel, rows: &[outbox::OutboxRow]) -> Result<(), QueueError> {
+    let mut confirms = Vec::with_capacity(rows.len());
+    for row in rows {
+        let event = RunEvent::from(row);
+        let payload = serde_json::to_vec(&event).expect("run events serialise");
+        let properties = BasicProperties::default()
+            .with_message_id(event.message_id().into())
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into());
+        let confirm = channel
+            .basic_publish(
+                RUN_EVENTS_EXCHANGE.into(),
+                event.routing_key().into(),
+                BasicPublishOptions::default(),
+                &payload,
+                properties,
+            )
+            .await
+            .map_err(unreachable)?;
+        confirms.push(confirm);
+    }
+    for confirm in confirms {
+        if !confirm.await.map_err(unreachable)?.is_ack() {
+            return Err(QueueError::NotConfirmed);
+        }
+    }
+    Ok(())
+}
