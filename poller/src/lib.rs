@@ -72,11 +72,7 @@ pub fn context_with_window(
         },
         Some(metrics.budget_wait.clone()),
     );
-    let events_pool = db::pool(
-        url,
-        "terrapod-poller-events",
-        usize::from(reporter::CONCURRENCY) + 2,
-    )?;
+    let events_pool = db::pool(url, "terrapod-poller-events", reporter::CONCURRENCY + 2)?;
     let http = VcsHttp::new(RetryPolicy::default(), Some(observer)).with_budget(Arc::new(budget));
     Ok(Arc::new(PollContext {
         pool,

@@ -15,6 +15,7 @@ pub struct PollerMetrics {
     pub budget_wait: HistogramVec,
     pub polls_not_done: IntCounterVec,
     pub run_events_published: IntCounter,
+    pub run_events_backlog: prometheus::IntGauge,
     pub commit_status_reports: IntCounterVec,
 }
 
@@ -94,6 +95,11 @@ impl PollerMetrics {
             "Run events the relay published to terrapod.run-events (confirmed by RabbitMQ)",
         )
         .expect("valid metric");
+        let run_events_backlog = prometheus::IntGauge::new(
+            "terrapod_run_events_outbox_backlog",
+            "Run events waiting in the outbox for the relay (grows while RabbitMQ is away)",
+        )
+        .expect("valid metric");
         let commit_status_reports = IntCounterVec::new(
             Opts::new(
                 "terrapod_vcs_commit_status_reports_total",
@@ -111,6 +117,7 @@ impl PollerMetrics {
             Box::new(budget_wait.clone()),
             Box::new(polls_not_done.clone()),
             Box::new(run_events_published.clone()),
+            Box::new(run_events_backlog.clone()),
             Box::new(commit_status_reports.clone()),
         ] {
             registry.register(metric).expect("registered once");
@@ -125,6 +132,7 @@ impl PollerMetrics {
             budget_wait,
             polls_not_done,
             run_events_published,
+            run_events_backlog,
             commit_status_reports,
         }
     }

@@ -26,7 +26,7 @@ pub enum Refusal {
     NotAllowed { from: RunStatus, to: RunStatus },
     #[error("plan-only runs cannot be applied")]
     PlanOnly,
-    #[error("the run awaits confirmation: apply it (POST /runs/{{id}}/actions/apply) or turn on auto-apply")]
+    #[error("an executor cannot move a run from planned to confirmed: the run awaits confirmation (POST /runs/{{id}}/actions/apply), as its workspace does not auto-apply")]
     AwaitsConfirmation,
 }
 

@@ -138,8 +138,7 @@ pub async fn declare_topology(channel: &Channel) -> Result<(), QueueError> {
 /// The reporter's quorum queue of run events (bound to every `run.*` key).
 pub const COMMIT_STATUS_QUEUE: &str = "terrapod.commit-status";
 
-/// Declares the run-events exchange and the commit-status reporter's queue bound to
-/// it, so events published before any reporter consumes are kept.
+/// Declares the run-events topic exchange (the relay publishes to it).
 pub async fn declare_run_events(channel: &Channel) -> Result<(), QueueError> {
     channel
         .exchange_declare(
@@ -152,7 +151,14 @@ pub async fn declare_run_events(channel: &Channel) -> Result<(), QueueError> {
             FieldTable::default(),
         )
         .await
-        .map_err(unreachable)?;
+        .map_err(unreachable)
+}
+
+/// Declares the commit-status reporter's queue, bound to every run event. Only a
+/// running reporter declares it, so nothing piles up where no reporter runs (what it
+/// must report is kept in the database; events only wake it).
+pub async fn declare_commit_status_queue(channel: &Channel) -> Result<(), QueueError> {
+    declare_run_events(channel).await?;
     let mut arguments = FieldTable::default();
     arguments.insert(
         ShortString::from("x-queue-type"),
@@ -178,8 +184,7 @@ pub async fn declare_run_events(channel: &Channel) -> Result<(), QueueError> {
             FieldTable::default(),
         )
         .await
-        .map_err(unreachable)?;
-    Ok(())
+        .map_err(unreachable)
 }
 
 /// Opens and closes an AMQP connection within `timeout`; `Err` says why it failed,

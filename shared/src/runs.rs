@@ -339,10 +339,23 @@ macro_rules! status_change {
     };
 }
 
-/// The run's creation event ($1 run, $2 workspace).
-const RECORD_CREATION: &str = "INSERT INTO run_events_outbox \
-    (run_id, workspace_id, organization_name, status, previous_status, sequence) \
-    SELECT $1, id, organization_name, 'pending', NULL, 1 FROM workspaces WHERE id = $2";
+/// The run's creation event ($1 run, $2 workspace), and its first state to report on
+/// the commit.
+const RECORD_CREATION: &str = "WITH event AS (INSERT INTO run_events_outbox \
+      (run_id, workspace_id, organization_name, status, previous_status, sequence) \
+      SELECT $1, id, organization_name, 'pending', NULL, 1 FROM workspaces WHERE id = $2) \
+    INSERT INTO commit_status_reports (run_id, wanted_sequence) VALUES ($1, 1)";
+
+/// Raises a moved run's wanted report (appended to the statements that move runs).
+macro_rules! wanted_report {
+    () => {
+        "INSERT INTO commit_status_reports (run_id, wanted_sequence) \
+         SELECT id, status_sequence FROM moved \
+         ON CONFLICT (run_id) DO UPDATE SET \
+           wanted_sequence = GREATEST(commit_status_reports.wanted_sequence, EXCLUDED.wanted_sequence), \
+           next_attempt_at = now(), failures = 0, first_failure_at = NULL"
+    };
+}
 
 /// Cancels a PR's pending plans of other commits ($1 workspace, $2 number, $3 new head),
 /// with their events.
@@ -355,11 +368,12 @@ const CANCEL_SUPERSEDED_PLANS: &str = concat!(
     ),
     " WHERE workspace_id = $1 AND trigger_reason = 'pull_request' \
       AND vcs_pull_request_number = $2 AND vcs_commit_sha <> $3 AND status = 'pending' \
-      RETURNING id, workspace_id, status_sequence) \
-    INSERT INTO run_events_outbox \
+      RETURNING id, workspace_id, status_sequence), \
+    event AS (INSERT INTO run_events_outbox \
       (run_id, workspace_id, organization_name, status, previous_status, sequence) \
-    SELECT moved.id, moved.workspace_id, workspaces.organization_name, 'canceled', 'pending', \
-      moved.status_sequence FROM moved JOIN workspaces ON workspaces.id = moved.workspace_id"
+      SELECT moved.id, moved.workspace_id, workspaces.organization_name, 'canceled', 'pending', \
+        moved.status_sequence FROM moved JOIN workspaces ON workspaces.id = moved.workspace_id) ",
+    wanted_report!()
 );
 
 /// Moves one run ($1) from $2 to $3 (timestamp key $4, message $5) if it is still in
@@ -371,8 +385,10 @@ const MOVE_RUN: &str = concat!(
     event AS (INSERT INTO run_events_outbox \
       (run_id, workspace_id, organization_name, status, previous_status, sequence) \
       SELECT moved.id, moved.workspace_id, workspaces.organization_name, moved.status, $2, \
-        moved.status_sequence FROM moved JOIN workspaces ON workspaces.id = moved.workspace_id) \
-    SELECT * FROM moved"
+        moved.status_sequence FROM moved JOIN workspaces ON workspaces.id = moved.workspace_id), \
+    wanted AS (",
+    wanted_report!(),
+    ") SELECT * FROM moved"
 );
 
 /// The longest executor message kept (it is shown on the commit).

@@ -232,6 +232,30 @@ async fn a_signed_push_webhook_makes_the_run_appear_without_waiting_for_the_sche
     let head = sim.sim().repo(Kind::Github, "acme/infra").unwrap().branches["feature"].clone();
     let plan = wait_for_run(&app, &workspace, &head).await;
     assert_eq!(plan["attributes"]["plan-only"], true);
+    // The event log says which deliveries asked for polls.
+    let log: Value = app
+        .get(&format!(
+            "/api/v2/workspaces/{workspace}/vcs-events?page[size]=100"
+        ))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let received: Vec<&str> = log["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|event| event["attributes"]["kind"] == "webhook-received")
+        .map(|event| event["attributes"]["message"].as_str().unwrap())
+        .collect();
+    assert!(received.len() >= 2, "{log}");
+    assert!(
+        received.iter().all(
+            |m| m.starts_with("github webhook for acme/infra (delivery ")
+                && m.ends_with("): poll queued")
+        ),
+        "{received:?}"
+    );
     let metrics = app
         .request(Method::GET, "/metrics", None, None)
         .await

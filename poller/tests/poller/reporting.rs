@@ -381,7 +381,13 @@ async fn a_broker_outage_during_transitions_loses_no_event_and_no_status() {
         },
     )
     .await;
-    assert_eq!(outbox_len(&world).await, 0);
+    // Events whose confirms were lost with the connection are sent again: the outbox
+    // empties once the relay's new connection confirms them.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while outbox_len(&world).await > 0 {
+        assert!(Instant::now() < deadline, "the outbox never emptied");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     reporting.stop().await;
 }
 
@@ -472,4 +478,68 @@ async fn a_report_that_finally_fails_is_recorded_and_never_touches_the_run() {
     move_to(&world, &run, RunStatus::PlanQueued).await;
     reporting.stop().await;
     assert_eq!(world.runs(&ws).await[0].status, RunStatus::PlanQueued);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workspace_renamed_mid_run_keeps_one_check_run_and_a_disabled_connection_says_why() {
+    let world = World::new().await;
+    let repo = "acme/renamed";
+    let (sha, ws) = world
+        .repo_with_workspace(Kind::Github, repo, "before")
+        .await;
+    let ctx = world.context(&[]);
+    let reporting = Reporting::start(&ctx);
+    assert_eq!(polled(poll(&ctx, &ws).await).0, 1);
+    let run = world.runs(&ws).await.remove(0);
+    eventually(Duration::from_secs(15), "the queued check run", || {
+        (!check_runs_on(&world, repo, &sha).is_empty()).then_some(())
+    })
+    .await;
+    {
+        use terrapod_shared::db::schema::workspaces;
+        let mut conn = world.db.connection().await;
+        diesel::update(workspaces::table.find(&ws))
+            .set(workspaces::name.eq("after"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    move_to(&world, &run, RunStatus::PlanQueued).await;
+    move_to(&world, &run, RunStatus::Planning).await;
+    eventually(Duration::from_secs(15), "in_progress", || {
+        (check_runs_on(&world, repo, &sha) == [("in_progress".to_owned(), None)]).then_some(())
+    })
+    .await;
+    let runs = world.sim.check_runs(repo);
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].name, "terrapod/default/before");
+
+    // A disabled connection: nothing is sent, and the log says why.
+    {
+        use terrapod_shared::db::schema::vcs_connections;
+        let mut conn = world.db.connection().await;
+        diesel::update(vcs_connections::table.find(&world.github))
+            .set(vcs_connections::status.eq("disabled"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    move_to(&world, &run, RunStatus::Errored).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let events = event_kinds(&world).await;
+        if events
+            .iter()
+            .any(|(kind, message)| kind == "status-failed" && message.contains("disabled"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{events:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        check_runs_on(&world, repo, &sha),
+        [("in_progress".to_owned(), None)]
+    );
+    reporting.stop().await;
 }

@@ -189,6 +189,13 @@ diesel::table! {
         check_run_id -> Nullable<Int8>,
         reported_sequence -> Int8,
         updated_at -> Timestamptz,
+        wanted_sequence -> Int8,
+        check_name -> Nullable<Text>,
+        repo_url -> Nullable<Text>,
+        lease_until -> Nullable<Timestamptz>,
+        failures -> Int4,
+        first_failure_at -> Nullable<Timestamptz>,
+        next_attempt_at -> Timestamptz,
     }
 }
 

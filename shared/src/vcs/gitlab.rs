@@ -158,7 +158,8 @@ impl GitLabClient {
 
 impl GitLabClient {
     /// Sets the commit status named in `body` on `sha` (SPEC section 9). GitLab
-    /// refuses to set a status to the state it already has; that is success here.
+    /// refuses to set a status to the state it already has; that (and only that
+    /// refusal) is success here.
     pub async fn set_commit_status(
         &self,
         repo: &RepoUrl,
@@ -177,12 +178,18 @@ impl GitLabClient {
         if response.status().is_success() {
             return Ok(());
         }
+        let state = body["state"].as_str().unwrap_or_default();
         match status_error(PROVIDER, response, None).await {
+            // "Cannot transition status via :run from :running": already in that state.
             VcsError::Status {
                 status: 400,
                 message,
                 ..
-            } if message.contains("Cannot transition status") => Ok(()),
+            } if message.starts_with("Cannot transition status")
+                && message.contains(&format!("from :{state} ")) =>
+            {
+                Ok(())
+            }
             VcsError::Status { status: 404, .. } => Err(VcsError::NotFound {
                 provider: PROVIDER,
                 what: format!("commit {} of {}", sha.short(), repo.full_path()),

@@ -573,6 +573,10 @@ fn wait_hint(headers: &HeaderMap) -> Option<Duration> {
     Some(Duration::from_secs(reset.saturating_sub(now).max(1)))
 }
 
+/// How long to leave GitHub alone after a secondary rate limit that named no wait
+/// (GitHub asks for at least a minute).
+const SECONDARY_LIMIT_PAUSE: Duration = Duration::from_secs(60);
+
 /// Maps a non-success response to an error, with a short excerpt of the provider's
 /// own message (which never holds our credentials).
 pub async fn status_error(
@@ -602,6 +606,16 @@ pub async fn status_error(
     let message: String = message.chars().take(200).collect();
     match status {
         401 => VcsError::Unauthorized { provider, status },
+        // GitHub's secondary limits sometimes come without a header that says so.
+        403 if message
+            .to_ascii_lowercase()
+            .contains("secondary rate limit") =>
+        {
+            VcsError::RateLimited {
+                provider,
+                retry_after: Some(SECONDARY_LIMIT_PAUSE),
+            }
+        }
         _ => VcsError::Status {
             provider,
             status,
