@@ -70,6 +70,7 @@ fn executor_may_read(route: &str) -> bool {
             | "/api/v2/organizations/{org}/workspaces/{name}"
             | "/api/v2/workspaces/{id}"
             | "/api/v2/workspaces/{id}/runs"
+            | "/api/v2/workspaces/{id}/configuration-versions"
             | "/api/v2/runs/{id}"
             | "/api/v2/configuration-versions/{id}"
             | "/api/v2/configuration-versions/{id}/download"

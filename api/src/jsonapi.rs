@@ -144,7 +144,9 @@ impl<A: Default, R: Default> InputResource<A, R> {
                 self.kind
             )));
         }
-        if let (Some(body_id), Some(url_id)) = (self.id.as_deref(), url_id) {
+        // An empty id is no id (some clients always send the member).
+        let body_id = self.id.as_deref().filter(|id| !id.is_empty());
+        if let (Some(body_id), Some(url_id)) = (body_id, url_id) {
             if body_id != url_id {
                 return Err(ApiError::Conflict(format!(
                     "the body's id `{body_id}` does not match the URL's `{url_id}`"
@@ -156,6 +158,19 @@ impl<A: Default, R: Default> InputResource<A, R> {
             self.relationships.unwrap_or_default(),
         ))
     }
+}
+
+/// The value of query parameter `name` (the last one if repeated); 400 for a query
+/// string that does not parse.
+pub fn query_param(req: &HttpRequest, name: &str) -> Result<Option<String>, ApiError> {
+    let pairs = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+        .map_err(|err| ApiError::BadRequest(format!("malformed query string: {err}")))?;
+    Ok(pairs
+        .into_inner()
+        .into_iter()
+        .rev()
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value))
 }
 
 /// Validated `page[number]` / `page[size]`.

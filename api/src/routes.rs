@@ -3,7 +3,9 @@
 use actix_web::{web, HttpRequest, HttpResponse, Route};
 
 use crate::error::ApiError;
-use crate::resources::{configuration_versions, runs, vcs_connections, vcs_events, workspaces};
+use crate::resources::{
+    configuration_versions, organizations, runs, vcs_connections, vcs_events, workspaces,
+};
 use crate::{health, metrics, webhooks};
 
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
@@ -42,6 +44,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     vec![web::post().to(webhooks::gitlab)],
                 ))
                 .service(resource(
+                    "/organizations/{org}",
+                    vec![web::get().to(organizations::show)],
+                ))
+                .service(resource(
                     "/organizations/{org}/vcs-connections",
                     vec![
                         web::post().to(vcs_connections::create),
@@ -65,7 +71,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 ))
                 .service(resource(
                     "/organizations/{org}/workspaces/{name}",
-                    vec![web::get().to(workspaces::show_by_name)],
+                    vec![
+                        web::get().to(workspaces::show_by_name),
+                        web::patch().to(workspaces::update_by_name),
+                        web::delete().to(workspaces::delete_by_name),
+                    ],
                 ))
                 .service(resource(
                     "/workspaces/{id}",
@@ -82,6 +92,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .service(resource(
                     "/workspaces/{id}/runs",
                     vec![web::get().to(runs::list)],
+                ))
+                .service(resource(
+                    "/workspaces/{id}/configuration-versions",
+                    vec![web::get().to(configuration_versions::list)],
                 ))
                 .service(resource(
                     "/workspaces/{id}/vcs-events",

@@ -200,6 +200,14 @@ async fn bad_transition_requests_are_refused_clearly() {
         .await
         .unwrap();
     assert_eq!(moved["data"]["attributes"]["status"], "discarded");
+    assert_eq!(
+        moved["data"]["attributes"]["status-message"]
+            .as_str()
+            .unwrap()
+            .chars()
+            .count(),
+        500
+    );
     let mut conn = app.connection().await;
     let message: Option<String> = runs::table
         .filter(runs::id.eq(&run))

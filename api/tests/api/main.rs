@@ -4,6 +4,7 @@
 mod auth;
 mod commands;
 mod garbage;
+mod go_tfe;
 mod health;
 mod helpers;
 mod lifecycle;
@@ -12,6 +13,7 @@ mod run_creation;
 mod runs;
 mod schema;
 mod security;
+mod tfe;
 mod vcs_connections;
 mod vcs_events;
 mod webhooks;

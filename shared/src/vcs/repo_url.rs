@@ -278,3 +278,56 @@ mod tests {
         }
     }
 }
+
+/// Where people browse a connection's repositories: github.com for GitHub's public
+/// API, the server itself otherwise (GitHub Enterprise without its `/api/v3`).
+pub fn web_base(provider: Provider, server_url: &str) -> String {
+    let server = server_url.trim_end_matches('/');
+    match provider {
+        Provider::GitHub if server == Provider::GitHub.default_server_url() => {
+            "https://github.com".to_owned()
+        }
+        Provider::GitHub => server.strip_suffix("/api/v3").unwrap_or(server).to_owned(),
+        Provider::GitLab => server.to_owned(),
+    }
+}
+
+/// TFE's `service-provider` name for a connection.
+pub fn service_provider(provider: Provider, server_url: &str) -> &'static str {
+    let public = server_url.trim_end_matches('/') == provider.default_server_url();
+    match (provider, public) {
+        (Provider::GitHub, true) => "github",
+        (Provider::GitHub, false) => "github_enterprise",
+        (Provider::GitLab, true) => "gitlab_hosted",
+        (Provider::GitLab, false) => "gitlab_enterprise_edition",
+    }
+}
+
+#[cfg(test)]
+mod web_tests {
+    use super::*;
+
+    #[test]
+    fn web_hosts_and_service_providers_follow_the_server() {
+        assert_eq!(
+            web_base(Provider::GitHub, "https://api.github.com"),
+            "https://github.com"
+        );
+        assert_eq!(
+            web_base(Provider::GitHub, "https://ghe.example.com/api/v3/"),
+            "https://ghe.example.com"
+        );
+        assert_eq!(
+            web_base(Provider::GitLab, "https://gitlab.com"),
+            "https://gitlab.com"
+        );
+        assert_eq!(
+            service_provider(Provider::GitHub, "https://api.github.com"),
+            "github"
+        );
+        assert_eq!(
+            service_provider(Provider::GitLab, "https://gitlab.example.com"),
+            "gitlab_enterprise_edition"
+        );
+    }
+}

@@ -22,6 +22,23 @@ pub async fn show(
     )))
 }
 
+/// `GET /api/v2/workspaces/{id}/configuration-versions`, newest first.
+pub async fn list(
+    _caller: Caller,
+    state: web::Data<AppState>,
+    workspace_id: web::Path<String>,
+    req: actix_web::HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let page = jsonapi::Page::from_query(&req)?;
+    let mut conn = state.pool.get().await?;
+    let (rows, total) = service::list_for_workspace(&mut conn, &workspace_id, page).await?;
+    Ok(jsonapi::list(
+        rows.iter().map(view::render).collect(),
+        page,
+        total,
+    ))
+}
+
 /// Streams the tarball chunk by chunk (each read on a connection of its own), so a
 /// large archive never sits in the API's memory whole.
 pub async fn download(

@@ -20,8 +20,10 @@ pub async fn list(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let page = Page::from_query(&req)?;
+    let filter = service::RunFilter::from_query(&req)?;
     let mut conn = state.pool.get().await?;
-    let (rows, total) = service::list_for_workspace(&mut conn, &workspace_id, page).await?;
+    let (rows, total) =
+        service::list_for_workspace(&mut conn, &workspace_id, &filter, page).await?;
     Ok(jsonapi::list(
         rows.iter().map(view::render).collect(),
         page,

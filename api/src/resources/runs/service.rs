@@ -27,16 +27,82 @@ pub async fn find(conn: &mut AsyncPgConnection, id: &str) -> Result<Run, ApiErro
         .ok_or_else(not_found)
 }
 
-/// A workspace's runs, newest first, with the workspace's run count — one round
-/// trip on the hot path (the count is kept on the workspace, not counted). The
+/// What a run list may be narrowed to (TFE's `filter[status]`, `filter[operation]`,
+/// `search[commit]`).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RunFilter {
+    pub statuses: Option<Vec<RunStatus>>,
+    /// `Some(true)`: plan-only runs; `Some(false)`: runs that may apply.
+    pub plan_only: Option<bool>,
+    /// A commit SHA or its prefix (lower-case hex).
+    pub commit: Option<String>,
+}
+
+impl RunFilter {
+    /// Parses the list's query; an unknown status or operation is a 422.
+    pub fn from_query(req: &actix_web::HttpRequest) -> Result<RunFilter, ApiError> {
+        let list = |raw: String| -> Vec<String> {
+            raw.split(',')
+                .map(|item| item.trim().to_owned())
+                .filter(|item| !item.is_empty())
+                .collect()
+        };
+        let statuses = crate::jsonapi::query_param(req, "filter[status]")?
+            .map(|raw| {
+                list(raw)
+                    .iter()
+                    .map(|s| s.parse::<RunStatus>())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|err| ApiError::Unprocessable(format!("filter[status]: {err}")))
+            })
+            .transpose()?;
+        let plan_only = match crate::jsonapi::query_param(req, "filter[operation]")? {
+            None => None,
+            Some(raw) => {
+                let operations = list(raw);
+                let mut plan_only = false;
+                let mut applies = false;
+                for operation in &operations {
+                    match operation.as_str() {
+                        "plan_only" => plan_only = true,
+                        "plan_and_apply" => applies = true,
+                        other => return Err(ApiError::Unprocessable(format!(
+                            "filter[operation]: `{other}` is not one of: plan_only, plan_and_apply"
+                        ))),
+                    }
+                }
+                (plan_only != applies).then_some(plan_only)
+            }
+        };
+        let commit = crate::jsonapi::query_param(req, "search[commit]")?
+            .map(|raw| raw.trim().to_ascii_lowercase())
+            .filter(|raw| !raw.is_empty());
+        Ok(RunFilter {
+            statuses,
+            plan_only,
+            commit,
+        })
+    }
+
+    fn is_empty(&self) -> bool {
+        *self == RunFilter::default()
+    }
+}
+
+/// A workspace's runs, newest first, with how many match. Unfiltered, that is one
+/// round trip on the hot path (the count is kept on the workspace, not counted); the
 /// workspace is looked up on its own only when the page is empty.
 pub async fn list_for_workspace(
     conn: &mut AsyncPgConnection,
     workspace_id: &str,
+    filter: &RunFilter,
     page: Page,
 ) -> Result<(Vec<Run>, i64), ApiError> {
     let id = WorkspaceId::parse(workspace_id)
         .map_err(|_| ApiError::not_found("workspace", workspace_id))?;
+    if !filter.is_empty() {
+        return list_filtered(conn, &id, filter, page).await;
+    }
     let rows: Vec<(Run, i64)> = runs::table
         .inner_join(workspaces::table)
         .filter(runs::workspace_id.eq(&id))
@@ -59,6 +125,50 @@ pub async fn list_for_workspace(
             Ok((Vec::new(), total))
         }
     }
+}
+
+async fn list_filtered(
+    conn: &mut AsyncPgConnection,
+    id: &WorkspaceId,
+    filter: &RunFilter,
+    page: Page,
+) -> Result<(Vec<Run>, i64), ApiError> {
+    let exists: bool = diesel::select(diesel::dsl::exists(workspaces::table.find(id)))
+        .get_result(conn)
+        .await?;
+    if !exists {
+        return Err(ApiError::not_found("workspace", id.as_str()));
+    }
+    let query = || {
+        let mut query = runs::table.filter(runs::workspace_id.eq(id)).into_boxed();
+        if let Some(statuses) = &filter.statuses {
+            query = query.filter(runs::status.eq_any(statuses.clone()));
+        }
+        if let Some(plan_only) = filter.plan_only {
+            query = query.filter(runs::plan_only.eq(plan_only));
+        }
+        if let Some(commit) = &filter.commit {
+            // Only hex can match; anything else matches nothing (and cannot inject a
+            // LIKE pattern).
+            let prefix: String = commit.chars().filter(char::is_ascii_hexdigit).collect();
+            let pattern = if prefix.len() == commit.len() {
+                format!("{prefix}%")
+            } else {
+                String::new()
+            };
+            query = query.filter(runs::vcs_commit_sha.like(pattern));
+        }
+        query
+    };
+    let total: i64 = query().count().get_result(conn).await?;
+    let rows = query()
+        .order((runs::created_at.desc(), runs::id.desc()))
+        .limit(page.size)
+        .offset(page.offset())
+        .select(Run::as_select())
+        .load(conn)
+        .await?;
+    Ok((rows, total))
 }
 
 /// Moves the run through the lifecycle (`terrapod_shared::runs::move_run`).

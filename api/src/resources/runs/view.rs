@@ -33,6 +33,8 @@ struct RunAttributes<'a> {
     vcs_tag: Option<&'a str>,
     created_at: String,
     status_timestamps: &'a serde_json::Value,
+    /// What the executor said with the last transition.
+    status_message: Option<&'a str>,
     actions: RunActions,
 }
 
@@ -66,6 +68,7 @@ pub fn render(run: &Run) -> RunResource<'_> {
             vcs_tag: run.vcs_tag.as_deref(),
             created_at: timestamp(run.created_at),
             status_timestamps: &run.status_timestamps,
+            status_message: run.status_message.as_deref(),
             actions: lifecycle::actions(RunState {
                 status: run.status,
                 plan_only: run.plan_only,

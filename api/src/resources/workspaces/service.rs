@@ -40,6 +40,106 @@ pub struct WorkspaceAttributes {
     /// Present (`Some`) even when `null`, to tell "unset" from "absent".
     #[serde(default, deserialize_with = "present")]
     pub vcs_tags_regex: Option<Option<String>>,
+    /// TFE's `vcs-repo` object; `Some(None)` is an explicit `null` (disconnect).
+    #[serde(default, deserialize_with = "present_object")]
+    pub vcs_repo: Option<Option<VcsRepoInput>>,
+    /// TFE attributes this product knows but does not implement (SPEC section 10).
+    #[serde(flatten)]
+    pub unsupported: UnsupportedAttributes,
+}
+
+/// TFE's `vcs-repo` on writes: `identifier` and `oauth-token-id` (a `vcs-…` connection
+/// id) link; `branch` and `tags-regex` as the flat fields.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub struct VcsRepoInput {
+    pub identifier: Option<String>,
+    pub oauth_token_id: Option<String>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub branch: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    pub tags_regex: Option<Option<String>>,
+    pub ingress_submodules: Option<bool>,
+    pub github_app_installation_id: Option<serde_json::Value>,
+}
+
+/// Known TFE workspace attributes without an implementation here: accepted only with
+/// their default (or `null`), refused by name otherwise — never silently ignored.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub struct UnsupportedAttributes {
+    allow_destroy_plan: Option<serde_json::Value>,
+    queue_all_runs: Option<serde_json::Value>,
+    assessments_enabled: Option<serde_json::Value>,
+    global_remote_state: Option<serde_json::Value>,
+    auto_apply_run_trigger: Option<serde_json::Value>,
+    agent_pool_id: Option<serde_json::Value>,
+    terraform_version: Option<serde_json::Value>,
+    source_name: Option<serde_json::Value>,
+    source_url: Option<serde_json::Value>,
+    migration_environment: Option<serde_json::Value>,
+    description: Option<serde_json::Value>,
+}
+
+impl UnsupportedAttributes {
+    /// 422 naming every attribute sent with a value other than its default.
+    fn refuse_non_defaults(&self) -> Result<(), ApiError> {
+        use serde_json::Value;
+        let is = |value: &Option<Value>, default: Value| {
+            value.as_ref().is_none_or(|v| v.is_null() || *v == default)
+        };
+        let empty = || Value::String(String::new());
+        let offending: Vec<&str> = [
+            (
+                "allow-destroy-plan",
+                is(&self.allow_destroy_plan, Value::Bool(true)),
+            ),
+            (
+                "queue-all-runs",
+                is(&self.queue_all_runs, Value::Bool(false)),
+            ),
+            (
+                "assessments-enabled",
+                is(&self.assessments_enabled, Value::Bool(false)),
+            ),
+            (
+                "global-remote-state",
+                is(&self.global_remote_state, Value::Bool(false)),
+            ),
+            (
+                "auto-apply-run-trigger",
+                is(&self.auto_apply_run_trigger, Value::Bool(false)),
+            ),
+            ("agent-pool-id", is(&self.agent_pool_id, Value::Null)),
+            ("terraform-version", is(&self.terraform_version, empty())),
+            ("source-name", is(&self.source_name, empty())),
+            ("source-url", is(&self.source_url, empty())),
+            (
+                "migration-environment",
+                is(&self.migration_environment, empty()),
+            ),
+            ("description", is(&self.description, empty())),
+        ]
+        .into_iter()
+        .filter(|(_, default)| !default)
+        .map(|(name, _)| name)
+        .collect();
+        if offending.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::Unprocessable(format!(
+                "not supported by this server (only the default is accepted): {}",
+                offending.join(", ")
+            )))
+        }
+    }
+}
+
+/// An object that may be `null`: `Some(None)` tells an explicit `null` from absence.
+fn present_object<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<VcsRepoInput>>, D::Error> {
+    Ok(Some(Option::<VcsRepoInput>::deserialize(deserializer)?))
 }
 
 #[derive(Deserialize, Default)]
@@ -300,13 +400,136 @@ async fn resolve_link(
     })
 }
 
+/// Folds TFE's `vcs-repo` into the flat fields and the `vcs-connection` relationship
+/// (which it must agree with when both are sent), and refuses the TFE attributes that
+/// are not implemented.
+/// On an update, a `vcs-repo` without `identifier` or `oauth-token-id` keeps the
+/// workspace's own.
+async fn accept_tfe_attributes(
+    conn: &mut AsyncPgConnection,
+    organization: &str,
+    attrs: &mut WorkspaceAttributes,
+    relationships: &mut WorkspaceRelationships,
+    existing: Option<&Workspace>,
+) -> Result<(), ApiError> {
+    attrs.unsupported.refuse_non_defaults()?;
+    let Some(repo) = attrs.vcs_repo.take() else {
+        return Ok(());
+    };
+    let conflict = |field: &str| {
+        ApiError::Unprocessable(format!("vcs-repo and {field} disagree; send one of them"))
+    };
+    let relationship_id = relationships
+        .vcs_connection
+        .as_ref()
+        .map(|r| r.data.as_ref().map(|d| d.id.clone()));
+    let Some(repo) = repo else {
+        // `"vcs-repo": null` disconnects.
+        if attrs
+            .vcs_repo_url
+            .as_deref()
+            .is_some_and(|u| !u.trim().is_empty())
+        {
+            return Err(conflict("vcs-repo-url"));
+        }
+        if relationship_id.as_ref().is_some_and(Option::is_some) {
+            return Err(conflict("the vcs-connection relationship"));
+        }
+        attrs.vcs_repo_url = Some(String::new());
+        relationships.vcs_connection = Some(RelationshipInput { data: None });
+        return Ok(());
+    };
+    if repo.ingress_submodules == Some(true) {
+        return Err(ApiError::Unprocessable(
+            "not supported by this server (only the default is accepted): vcs-repo.ingress-submodules".into(),
+        ));
+    }
+    if repo
+        .github_app_installation_id
+        .as_ref()
+        .is_some_and(|v| !v.is_null())
+    {
+        return Err(ApiError::Unprocessable(
+            "vcs-repo.github-app-installation-id is not supported: link through a VCS connection with vcs-repo.oauth-token-id".into(),
+        ));
+    }
+    let linked = existing.filter(|w| w.vcs_connection_id.is_some() && !w.vcs_repo_url.is_empty());
+    let identifier = repo.identifier.as_deref().map(str::trim);
+    if identifier.is_none_or(str::is_empty) && linked.is_none() {
+        return Err(ApiError::Unprocessable(
+            "vcs-repo.identifier is required".into(),
+        ));
+    }
+    let token_id = repo
+        .oauth_token_id
+        .clone()
+        .or_else(|| {
+            linked
+                .and_then(|w| w.vcs_connection_id.as_ref())
+                .map(|id| id.to_string())
+        })
+        .ok_or_else(|| {
+            ApiError::Unprocessable(
+                "vcs-repo.oauth-token-id is required (the vcs-… connection id)".into(),
+            )
+        })?;
+    let relationship = RelationshipInput {
+        data: Some(crate::jsonapi::ResourceIdentifier {
+            kind: "vcs-connections".into(),
+            id: token_id.clone(),
+        }),
+    };
+    let connection = linked_connection(conn, organization, &relationship)
+        .await?
+        .expect("a relationship with data");
+    let url = match identifier.filter(|i| !i.is_empty()) {
+        Some(identifier) => format!(
+            "{}/{identifier}",
+            terrapod_shared::vcs::repo_url::web_base(connection.provider, &connection.server_url)
+        ),
+        None => linked.map(|w| w.vcs_repo_url.clone()).unwrap_or_default(),
+    };
+    if let Some(flat) = attrs.vcs_repo_url.as_deref().map(str::trim) {
+        let path = |url: &str| {
+            RepoUrl::parse(connection.provider, url).map(|r| r.full_path().to_ascii_lowercase())
+        };
+        let same = matches!((path(flat), path(&url)), (Ok(a), Ok(b)) if a == b);
+        if !same {
+            return Err(conflict("vcs-repo-url"));
+        }
+    }
+    if relationship_id.is_some_and(|id| id.as_deref() != Some(token_id.as_str())) {
+        return Err(conflict("the vcs-connection relationship"));
+    }
+    if let (Some(branch), Some(flat)) = (&repo.branch, &attrs.vcs_branch) {
+        if branch != flat {
+            return Err(conflict("vcs-branch"));
+        }
+    }
+    if let (Some(regex), Some(flat)) = (&repo.tags_regex, &attrs.vcs_tags_regex) {
+        if regex != flat {
+            return Err(conflict("vcs-tags-regex"));
+        }
+    }
+    attrs.vcs_repo_url = Some(url);
+    relationships.vcs_connection = Some(relationship);
+    if repo.branch.is_some() {
+        attrs.vcs_branch = repo.branch;
+    }
+    if repo.tags_regex.is_some() {
+        attrs.vcs_tags_regex = repo.tags_regex;
+    }
+    Ok(())
+}
+
 pub async fn create(
     conn: &mut AsyncPgConnection,
     organization: &str,
-    attrs: WorkspaceAttributes,
-    relationships: WorkspaceRelationships,
+    mut attrs: WorkspaceAttributes,
+    mut relationships: WorkspaceRelationships,
 ) -> Result<Workspace, ApiError> {
     organizations::ensure_exists(conn, organization).await?;
+    accept_tfe_attributes(conn, organization, &mut attrs, &mut relationships, None).await?;
     let name = ResourceName::parse(
         attrs
             .name
@@ -387,26 +610,56 @@ pub async fn find_by_name(
         .ok_or_else(|| ApiError::not_found("workspace", name.as_str()))
 }
 
+/// A workspace with its connection (for its `vcs-repo`).
+pub type WithConnection = (Workspace, Option<VcsConnection>);
+
+/// The organization's workspaces by name, those whose name contains `search` (TFE's
+/// `search[name]`, case-insensitive) if given.
 pub async fn list(
     conn: &mut AsyncPgConnection,
     organization: &str,
+    search: Option<&str>,
     page: Page,
-) -> Result<(Vec<Workspace>, i64), ApiError> {
+) -> Result<(Vec<WithConnection>, i64), ApiError> {
     organizations::ensure_exists(conn, organization).await?;
-    let total: i64 = workspaces::table
+    let pattern = search.map(|s| {
+        let escaped = s
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_");
+        format!("%{escaped}%")
+    });
+    let mut count = workspaces::table
         .filter(workspaces::organization_name.eq(organization))
-        .count()
-        .get_result(conn)
-        .await?;
-    let rows = workspaces::table
+        .into_boxed();
+    let mut rows = workspaces::table
+        .left_join(vcs_connections::table)
         .filter(workspaces::organization_name.eq(organization))
+        .into_boxed();
+    if let Some(pattern) = &pattern {
+        count = count.filter(workspaces::name.ilike(pattern.clone()));
+        rows = rows.filter(workspaces::name.ilike(pattern.clone()));
+    }
+    let total: i64 = count.count().get_result(conn).await?;
+    let rows = rows
         .order(workspaces::name.asc())
         .limit(page.size)
         .offset(page.offset())
-        .select(Workspace::as_select())
+        .select((Workspace::as_select(), Option::<VcsConnection>::as_select()))
         .load(conn)
         .await?;
     Ok((rows, total))
+}
+
+/// The workspace's connection, if it is linked.
+pub async fn connection_of(
+    conn: &mut AsyncPgConnection,
+    workspace: &Workspace,
+) -> Result<Option<VcsConnection>, ApiError> {
+    match &workspace.vcs_connection_id {
+        Some(id) => connection_by_id(conn, id).await,
+        None => Ok(None),
+    }
 }
 
 /// What an update changed, for the caller to react to (an immediate poll).
@@ -418,10 +671,18 @@ pub struct Updated {
 pub async fn update(
     conn: &mut AsyncPgConnection,
     id: &str,
-    attrs: WorkspaceAttributes,
-    relationships: WorkspaceRelationships,
+    mut attrs: WorkspaceAttributes,
+    mut relationships: WorkspaceRelationships,
 ) -> Result<Updated, ApiError> {
     let existing = find(conn, id).await?;
+    accept_tfe_attributes(
+        conn,
+        &existing.organization_name.clone(),
+        &mut attrs,
+        &mut relationships,
+        Some(&existing),
+    )
+    .await?;
     let (trigger_prefixes, trigger_patterns) = trigger_lists(&attrs, Some(&existing))?;
     let regex = tags_regex(&attrs)?.filter(|regex| *regex != existing.vcs_tags_regex);
     let mut changes = WorkspaceChanges {

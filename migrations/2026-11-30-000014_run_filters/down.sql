@@ -1,0 +1,2 @@
+DROP INDEX runs_workspace_commit;
+DROP INDEX runs_workspace_status_created;
