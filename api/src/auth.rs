@@ -74,6 +74,7 @@ fn executor_may_read(route: &str) -> bool {
             | "/api/v2/runs/{id}"
             | "/api/v2/configuration-versions/{id}"
             | "/api/v2/configuration-versions/{id}/download"
+            | "/api/v2/configuration-versions/{id}/ingress-attributes"
     )
 }
 

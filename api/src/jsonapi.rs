@@ -163,14 +163,37 @@ impl<A: Default, R: Default> InputResource<A, R> {
 /// The value of query parameter `name` (the last one if repeated); 400 for a query
 /// string that does not parse.
 pub fn query_param(req: &HttpRequest, name: &str) -> Result<Option<String>, ApiError> {
-    let pairs = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
-        .map_err(|err| ApiError::BadRequest(format!("malformed query string: {err}")))?;
-    Ok(pairs
-        .into_inner()
+    let value = query_pairs(req)?
         .into_iter()
         .rev()
         .find(|(key, _)| key == name)
-        .map(|(_, value)| value))
+        .map(|(_, value)| value);
+    if value.as_deref().is_some_and(|v| v.contains('\0')) {
+        return Err(ApiError::BadRequest(format!("{name} must not contain NUL")));
+    }
+    Ok(value)
+}
+
+fn query_pairs(req: &HttpRequest) -> Result<Vec<(String, String)>, ApiError> {
+    web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+        .map(web::Query::into_inner)
+        .map_err(|err| ApiError::BadRequest(format!("malformed query string: {err}")))
+}
+
+/// 422 for a `filter[…]` or `search[…]` parameter the list does not implement: a
+/// filter silently ignored would return everything (and a script acting on the
+/// result would act on everything).
+pub fn refuse_unknown_filters(req: &HttpRequest, known: &[&str]) -> Result<(), ApiError> {
+    for (key, _) in query_pairs(req)? {
+        let is_filter = key.starts_with("filter[") || key.starts_with("search[");
+        if is_filter && !known.contains(&key.as_str()) {
+            return Err(ApiError::Unprocessable(format!(
+                "{key} is not supported on this list (supported: {})",
+                known.join(", ")
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Validated `page[number]` / `page[size]`.

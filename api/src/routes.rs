@@ -123,6 +123,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     vec![web::get().to(configuration_versions::show)],
                 ))
                 .service(resource(
+                    "/configuration-versions/{id}/ingress-attributes",
+                    vec![web::get().to(configuration_versions::ingress_attributes)],
+                ))
+                .service(resource(
                     "/configuration-versions/{id}/download",
                     vec![web::get().to(configuration_versions::download)],
                 )),

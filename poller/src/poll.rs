@@ -18,7 +18,7 @@ use terrapod_shared::domain::{
     BranchName, CommitSha, ConnectionStatus, Provider, TriggerReason, WorkingDirectory,
 };
 use terrapod_shared::ids::WorkspaceId;
-use terrapod_shared::runs::{create_vcs_run, NewVcsRun, RunCreation, VcsTrigger};
+use terrapod_shared::runs::{create_vcs_run, Ingress, NewVcsRun, RunCreation, VcsTrigger};
 use terrapod_shared::triggers::TriggerRules;
 use terrapod_shared::vcs::{
     ArchiveLimits, BranchHead, ChangedFiles, Priority, ProviderClient, PullRequest, RepoUrl,
@@ -426,6 +426,14 @@ fn usable_connection(
     Ok(connection)
 }
 
+/// What the provider told about a commit's origin (for its ingress attributes).
+#[derive(Default)]
+struct Origin<'a> {
+    sender: Option<&'a str>,
+    pull_request_url: Option<&'a str>,
+    compare_base: Option<&'a str>,
+}
+
 /// Who asked for a poll: its budget priority, and how fresh its answers must be.
 #[derive(Clone, Copy)]
 struct Asked {
@@ -445,6 +453,8 @@ pub(crate) struct Target<'a> {
     /// The workspace's directory inside the repository.
     directory: WorkingDirectory,
     freshness: Freshness,
+    /// Where people browse the repository (for ingress attributes).
+    web_base: String,
 }
 
 impl<'a> Target<'a> {
@@ -488,6 +498,10 @@ impl<'a> Target<'a> {
             repo,
             directory: WorkingDirectory::parse(&workspace.working_directory).unwrap_or_default(),
             freshness: asked.freshness,
+            web_base: terrapod_shared::vcs::repo_url::web_base(
+                connection.provider,
+                &connection.server_url,
+            ),
         })
     }
 
@@ -547,12 +561,24 @@ impl<'a> Target<'a> {
         commit_sha: &CommitSha,
         trigger: VcsTrigger,
         archive: &StoredArchive,
+        origin: Origin<'_>,
     ) -> Result<usize, Stop> {
         let reason = match &trigger {
             VcsTrigger::Push { .. } => TriggerReason::Push,
             VcsTrigger::PullRequest { .. } => TriggerReason::PullRequest,
             VcsTrigger::Tag { .. } => TriggerReason::Tag,
         };
+        let on_default_branch = match &trigger {
+            VcsTrigger::Push { branch, .. } => {
+                self.workspace.vcs_branch.is_empty()
+                    || self
+                        .default_branch()
+                        .await
+                        .is_ok_and(|default| default == branch.as_str())
+            }
+            _ => false,
+        };
+        let identifier = self.repo.full_path();
         let new = NewVcsRun {
             workspace_id: &self.workspace.id,
             settings_generation: self.workspace.vcs_settings_generation,
@@ -560,6 +586,15 @@ impl<'a> Target<'a> {
             trigger,
             working_directory: &self.directory,
             archive,
+            ingress: Ingress {
+                provider: self.provider,
+                identifier: &identifier,
+                web_base: &self.web_base,
+                on_default_branch,
+                sender: origin.sender,
+                pull_request_url: origin.pull_request_url,
+                compare_base: origin.compare_base,
+            },
         };
         match create_vcs_run(conn, new).await? {
             RunCreation::Created { run_id, .. } => {
@@ -635,7 +670,14 @@ impl<'a> Target<'a> {
                     commit_title: head.title.clone(),
                     previous_sha: self.workspace.vcs_last_commit_sha.clone(),
                 };
-                report.runs_created += self.record(conn, &head.sha, trigger, &archive).await?;
+                let origin = Origin {
+                    sender: head.author.as_deref(),
+                    pull_request_url: None,
+                    compare_base: self.workspace.vcs_last_commit_sha.as_deref(),
+                };
+                report.runs_created += self
+                    .record(conn, &head.sha, trigger, &archive, origin)
+                    .await?;
             }
         }
         Ok(())
@@ -735,8 +777,9 @@ impl<'a> Target<'a> {
                         let trigger = VcsTrigger::Tag {
                             name: tag.name.clone(),
                         };
-                        report.runs_created +=
-                            self.record(conn, &tag.sha, trigger, &archive).await?;
+                        report.runs_created += self
+                            .record(conn, &tag.sha, trigger, &archive, Origin::default())
+                            .await?;
                     }
                     // Not marked seen: the next poll tries again.
                     Err(err) => {
@@ -784,7 +827,7 @@ impl<'a> Target<'a> {
                 .pulls(&branch)
                 .await
                 .map_err(|err| Stop::provider(report, err))?;
-            return self.plan_pull_requests(conn, report, &pulls).await;
+            return self.plan_pull_requests(conn, report, &pulls, &branch).await;
         }
 
         // The head and the open pull requests are independent: ask for both at once,
@@ -811,7 +854,8 @@ impl<'a> Target<'a> {
         let (pushed, pulls) = tokio::join!(self.push(conn, report, &branch_name, &head), listed);
         pushed?;
         let pulls = pulls.map_err(|err| Stop::provider(report, err))?;
-        self.plan_pull_requests(conn, report, &pulls).await
+        self.plan_pull_requests(conn, report, &pulls, branch_name.as_str())
+            .await
     }
 
     /// A speculative plan for each open PR/MR head that deserves one. A problem with
@@ -821,6 +865,7 @@ impl<'a> Target<'a> {
         conn: &mut AsyncPgConnection,
         report: &mut PollReport,
         pulls: &[PullRequest],
+        base_branch: &str,
     ) -> Result<(), Stop> {
         for pull in pulls.iter() {
             let sha = pull.head_sha.as_str();
@@ -889,7 +934,14 @@ impl<'a> Target<'a> {
                 head_ref: pull.head_ref.clone(),
                 title: pull.title.clone(),
             };
-            report.runs_created += self.record(conn, &pull.head_sha, trigger, &archive).await?;
+            let origin = Origin {
+                sender: pull.author.as_deref(),
+                pull_request_url: pull.url.as_deref(),
+                compare_base: Some(base_branch),
+            };
+            report.runs_created += self
+                .record(conn, &pull.head_sha, trigger, &archive, origin)
+                .await?;
         }
         Ok(())
     }

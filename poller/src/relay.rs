@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel};
 use secrecy::ExposeSecret;
@@ -96,11 +96,15 @@ async fn relay(
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(unreachable)?;
-        let mut backlog_at = Instant::now() - BACKLOG_EVERY;
+        let mut backlog_at: Option<Instant> = None;
         let mut notifications = std::pin::pin!(listener.notifications_stream());
         loop {
             if *shutdown.borrow() {
                 return Ok(());
+            }
+            // Notifications that arrived while a batch was sent are covered by the next.
+            while let Some(Some(notified)) = notifications.next().now_or_never() {
+                notified?;
             }
             let relayed = relay_batch(ctx, &channel).await?;
             if relayed > 0 {
@@ -108,8 +112,8 @@ async fn relay(
                 ctx.metrics.run_events_published.inc_by(relayed as u64);
                 continue;
             }
-            if backlog_at.elapsed() >= BACKLOG_EVERY {
-                backlog_at = Instant::now();
+            if backlog_at.is_none_or(|at| at.elapsed() >= BACKLOG_EVERY) {
+                backlog_at = Some(Instant::now());
                 let mut conn = ctx.events_pool.get().await?;
                 ctx.metrics
                     .run_events_backlog

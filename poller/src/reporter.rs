@@ -52,9 +52,11 @@ pub const GIVE_UP_AFTER: Duration = Duration::from_secs(15 * 60);
 /// How long a report holds its run: longer than one attempt may take
 /// ([`ATTEMPT_TIMEOUT`]), so a lease never ends under a report still talking to the
 /// provider; a replica killed mid-report frees the run after this.
-const LEASE_SECONDS: i64 = 120;
+const LEASE_SECONDS: i64 = 180;
 /// One attempt (token, lookup, write, with their retries) ends within this.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(100);
+/// The least wait after a write whose answer never came.
+const UNCLEAR_WRITE_PAUSE: Duration = Duration::from_secs(10);
 /// How often the sweep looks for reports that are due (retries, missed events).
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// The longest wait between two tries of a failing report.
@@ -184,10 +186,7 @@ async fn consume(
         }
     };
     // A lost connection hands its unacked events back; the reports under way finish
-    // (each attempt is bounded) and the sweep covers whatever they leave.
-    if result.is_err() {
-        in_flight.abort_all();
-    }
+    // (each attempt is bounded: aborting one would leave its run leased for minutes).
     while in_flight.join_next().await.is_some() {}
     if result.is_ok() {
         let _ = channel.close(200, "shutting down".into()).await;
@@ -311,6 +310,12 @@ struct Lease {
     first_failure_at: Option<DateTime<Utc>>,
     #[diesel(sql_type = diesel::sql_types::Integer)]
     failures: i32,
+    /// Names this lease: only its holder may give it back.
+    #[diesel(sql_type = diesel::sql_types::Timestamptz)]
+    lease_until: DateTime<Utc>,
+    /// What was wanted when the lease was taken: a move since then starts afresh.
+    #[diesel(sql_type = BigInt)]
+    wanted_sequence: i64,
 }
 
 /// Takes the run's report if it is due and free.
@@ -318,8 +323,9 @@ async fn take_lease(conn: &mut AsyncPgConnection, run: &RunId) -> QueryResult<Op
     diesel::sql_query(
         "UPDATE commit_status_reports SET lease_until = now() + make_interval(secs => $2) \
          WHERE run_id = $1 AND wanted_sequence > reported_sequence \
-           AND (lease_until IS NULL OR lease_until < now()) \
-         RETURNING check_run_id, check_name, repo_url, first_failure_at, failures",
+           AND next_attempt_at <= now() AND (lease_until IS NULL OR lease_until < now()) \
+         RETURNING check_run_id, check_name, repo_url, first_failure_at, failures, \
+           lease_until, wanted_sequence",
     )
     .bind::<Text, _>(run.as_str())
     .bind::<BigInt, _>(LEASE_SECONDS)
@@ -335,8 +341,8 @@ struct Settled<'a> {
     check_run_id: Option<i64>,
     check_name: Option<&'a str>,
     repo_url: Option<&'a str>,
-    /// A failure to retry: its count and the first failure's time.
-    retry: Option<(i32, DateTime<Utc>, Duration)>,
+    /// A failure to retry: its count, the first failure's time, the wait.
+    retry: Option<(i32, Option<DateTime<Utc>>, Duration)>,
 }
 
 #[derive(QueryableByName)]
@@ -345,26 +351,29 @@ struct Again {
     again: bool,
 }
 
-/// Gives the lease back with what the attempt did; true when the run moved on
-/// meanwhile and is due again at once.
+/// Gives the lease back with what the attempt did — only if it is still this
+/// attempt's — and tells whether the run is due again at once (it moved meanwhile).
+/// A failure's count and backoff apply only to the state that failed: a move since
+/// the lease was taken starts afresh.
 async fn settle(
     conn: &mut AsyncPgConnection,
     run: &RunId,
+    lease: &Lease,
     settled: Settled<'_>,
 ) -> QueryResult<bool> {
-    let (failures, first_failure_at, wait) = match settled.retry {
-        Some((failures, first, wait)) => (failures, Some(first), wait),
-        None => (0, None, Duration::ZERO),
-    };
+    let (failures, first_failure_at, wait) = settled.retry.unwrap_or((0, None, Duration::ZERO));
     let row: Option<Again> = diesel::sql_query(
         "UPDATE commit_status_reports SET lease_until = NULL, \
            reported_sequence = GREATEST(reported_sequence, COALESCE($2, 0)), \
            check_run_id = COALESCE($3, check_run_id), \
            check_name = COALESCE(check_name, $4), repo_url = COALESCE(repo_url, $5), \
-           failures = $6, first_failure_at = $7, \
-           next_attempt_at = now() + make_interval(secs => $8), updated_at = now() \
-         WHERE run_id = $1 \
-         RETURNING wanted_sequence > reported_sequence AND $6 = 0 AS again",
+           failures = CASE WHEN wanted_sequence > $10 THEN 0 ELSE $6 END, \
+           first_failure_at = CASE WHEN wanted_sequence > $10 THEN NULL ELSE $7 END, \
+           next_attempt_at = CASE WHEN wanted_sequence > $10 THEN now() \
+             ELSE now() + make_interval(secs => $8) END, \
+           updated_at = now() \
+         WHERE run_id = $1 AND lease_until = $9 \
+         RETURNING wanted_sequence > reported_sequence AND next_attempt_at <= now() AS again",
     )
     .bind::<Text, _>(run.as_str())
     .bind::<Nullable<BigInt>, _>(settled.reported)
@@ -374,6 +383,8 @@ async fn settle(
     .bind::<diesel::sql_types::Integer, _>(failures)
     .bind::<Nullable<diesel::sql_types::Timestamptz>, _>(first_failure_at)
     .bind::<diesel::sql_types::Double, _>(wait.as_secs_f64())
+    .bind::<diesel::sql_types::Timestamptz, _>(lease.lease_until)
+    .bind::<BigInt, _>(lease.wanted_sequence)
     .get_result(conn)
     .await
     .optional()?;
@@ -426,7 +437,7 @@ pub async fn report_run(ctx: &PollContext, run_id: &RunId) -> Result<Reported, R
                 repo_url: None,
                 retry: None,
             };
-            settle(&mut conn, run_id, settled).await?;
+            settle(&mut conn, run_id, &lease, settled).await?;
             return Ok(Reported::NothingToReport);
         };
         // The run's first report fixes its name and repository for the later ones.
@@ -475,7 +486,7 @@ pub async fn report_run(ctx: &PollContext, run_id: &RunId) -> Result<Reported, R
                     retry: None,
                 };
                 outcome = Reported::Reported;
-                if !settle(&mut conn, run_id, settled).await? {
+                if !settle(&mut conn, run_id, &lease, settled).await? {
                     return Ok(outcome);
                 }
             }
@@ -487,13 +498,9 @@ pub async fn report_run(ctx: &PollContext, run_id: &RunId) -> Result<Reported, R
                     check_run_id: None,
                     check_name: None,
                     repo_url: None,
-                    retry: Some((
-                        lease.failures,
-                        lease.first_failure_at.unwrap_or_else(Utc::now),
-                        Duration::ZERO,
-                    )),
+                    retry: Some((lease.failures, lease.first_failure_at, Duration::ZERO)),
                 };
-                settle(&mut conn, run_id, settled).await?;
+                settle(&mut conn, run_id, &lease, settled).await?;
                 return Ok(Reported::RetryLater);
             }
             Err(err) => {
@@ -508,9 +515,9 @@ pub async fn report_run(ctx: &PollContext, run_id: &RunId) -> Result<Reported, R
                         check_run_id: None,
                         check_name: Some(&name),
                         repo_url: Some(&repo_url),
-                        retry: Some((failures, first_failure, wait)),
+                        retry: Some((failures, Some(first_failure), wait)),
                     };
-                    settle(&mut conn, run_id, settled).await?;
+                    settle(&mut conn, run_id, &lease, settled).await?;
                     return Ok(Reported::RetryLater);
                 }
                 tracing::warn!(error = %err, "reporting the run on its commit failed for good");
@@ -535,7 +542,7 @@ pub async fn report_run(ctx: &PollContext, run_id: &RunId) -> Result<Reported, R
                     repo_url: Some(&repo_url),
                     retry: None,
                 };
-                settle(&mut conn, run_id, settled).await?;
+                settle(&mut conn, run_id, &lease, settled).await?;
                 return Ok(Reported::Failed);
             }
         }
@@ -553,7 +560,19 @@ fn retry_wait(err: &ReportError, failures: i32) -> Duration {
         return (*wait).min(MAX_RATE_LIMIT_WAIT);
     }
     let doublings = u32::try_from(failures.clamp(1, 16) - 1).unwrap_or(0);
-    (Duration::from_millis(250) * 2u32.pow(doublings)).min(MAX_RETRY_WAIT)
+    let backoff = (Duration::from_millis(250) * 2u32.pow(doublings)).min(MAX_RETRY_WAIT);
+    // A write whose answer never came may still land: let it, before a newer state
+    // is sent after it.
+    let unclear = matches!(
+        err,
+        ReportError::TimedOut
+            | ReportError::Provider(VcsError::Timeout { .. } | VcsError::Transport { .. })
+    );
+    if unclear {
+        backoff.max(UNCLEAR_WRITE_PAUSE)
+    } else {
+        backoff
+    }
 }
 
 /// One report to the provider; the check run's id on GitHub.
@@ -604,10 +623,15 @@ mod tests {
 
     #[test]
     fn retries_back_off_and_wait_for_a_rate_limits_reset() {
-        let transient = ReportError::TimedOut;
+        let transient = ReportError::Provider(VcsError::Status {
+            provider: terrapod_shared::domain::Provider::GitHub,
+            status: 502,
+            message: String::new(),
+        });
         assert_eq!(retry_wait(&transient, 1), Duration::from_millis(250));
         assert_eq!(retry_wait(&transient, 3), Duration::from_secs(1));
         assert_eq!(retry_wait(&transient, 40), MAX_RETRY_WAIT);
+        assert_eq!(retry_wait(&ReportError::TimedOut, 1), UNCLEAR_WRITE_PAUSE);
         let limited = ReportError::Provider(VcsError::RateLimited {
             provider: terrapod_shared::domain::Provider::GitHub,
             retry_after: Some(Duration::from_secs(300)),

@@ -137,6 +137,8 @@ pub async fn declare_topology(channel: &Channel) -> Result<(), QueueError> {
 
 /// The reporter's quorum queue of run events (bound to every `run.*` key).
 pub const COMMIT_STATUS_QUEUE: &str = "terrapod.commit-status";
+/// Events the reporter's queue keeps at most.
+const COMMIT_STATUS_QUEUE_MAX: i32 = 100_000;
 
 /// Declares the run-events topic exchange (the relay publishes to it).
 pub async fn declare_run_events(channel: &Channel) -> Result<(), QueueError> {
@@ -163,6 +165,16 @@ pub async fn declare_commit_status_queue(channel: &Channel) -> Result<(), QueueE
     arguments.insert(
         ShortString::from("x-queue-type"),
         AMQPValue::LongString(LongString::from("quorum")),
+    );
+    // Events only wake reporters (what to report is in PostgreSQL): with no reporter
+    // consuming, the oldest are dropped rather than piling up.
+    arguments.insert(
+        ShortString::from("x-max-length"),
+        AMQPValue::LongInt(COMMIT_STATUS_QUEUE_MAX),
+    );
+    arguments.insert(
+        ShortString::from("x-overflow"),
+        AMQPValue::LongString(LongString::from("drop-head")),
     );
     channel
         .queue_declare(

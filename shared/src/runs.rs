@@ -16,7 +16,7 @@ use diesel::sql_types::{BigInt, Nullable, Text};
 use crate::archives::StoredArchive;
 use crate::db::models::Run;
 use crate::db::schema::{configuration_versions, runs, vcs_events, workspaces};
-use crate::domain::{BranchName, CommitSha, RunStatus, TriggerReason, WorkingDirectory};
+use crate::domain::{BranchName, CommitSha, Provider, RunStatus, TriggerReason, WorkingDirectory};
 use crate::ids::{ConfigurationVersionId, RunId, WorkspaceId};
 use crate::lifecycle::{self, Mover, Refusal, RunState};
 
@@ -42,6 +42,75 @@ pub enum VcsTrigger {
     Tag { name: String },
 }
 
+/// Where the commit came from, for TFE's ingress attributes (SPEC section 10).
+pub struct Ingress<'a> {
+    pub provider: Provider,
+    /// `owner/repo`, `group/sub/project`.
+    pub identifier: &'a str,
+    /// Where people browse the repository (`https://github.com`).
+    pub web_base: &'a str,
+    /// The branch is the repository's default one.
+    pub on_default_branch: bool,
+    /// Who pushed the commit or opened the pull request.
+    pub sender: Option<&'a str>,
+    pub pull_request_url: Option<&'a str>,
+    /// What the commit is compared with: a push's previous head, a PR's base branch.
+    pub compare_base: Option<&'a str>,
+}
+
+/// TFE's ingress attributes of a VCS-triggered configuration version.
+pub fn ingress_attributes(
+    ingress: &Ingress<'_>,
+    commit_sha: &CommitSha,
+    trigger: &VcsTrigger,
+) -> serde_json::Value {
+    let repo = format!(
+        "{}/{}",
+        ingress.web_base.trim_end_matches('/'),
+        ingress.identifier
+    );
+    // GitLab's pages live under `/-/`.
+    let section = match ingress.provider {
+        Provider::GitHub => "",
+        Provider::GitLab => "-/",
+    };
+    let sha = commit_sha.as_str();
+    let (branch, message, pull_request, tag) = match trigger {
+        VcsTrigger::Push {
+            branch,
+            commit_title,
+            ..
+        } => (Some(branch.as_str()), commit_title.as_deref(), None, None),
+        VcsTrigger::PullRequest {
+            number,
+            head_ref,
+            title,
+        } => (
+            Some(head_ref.as_str()),
+            None,
+            Some((*number, title.as_str())),
+            None,
+        ),
+        VcsTrigger::Tag { name } => (None, None, None, Some(name.as_str())),
+    };
+    serde_json::json!({
+        "branch": branch,
+        "clone-url": format!("{repo}.git"),
+        "commit-message": message,
+        "commit-sha": sha,
+        "commit-url": format!("{repo}/{section}commit/{sha}"),
+        "compare-url": ingress.compare_base.map(|base| format!("{repo}/{section}compare/{base}...{sha}")),
+        "identifier": ingress.identifier,
+        "is-pull-request": pull_request.is_some(),
+        "on-default-branch": ingress.on_default_branch && pull_request.is_none() && tag.is_none(),
+        "pull-request-number": pull_request.map(|(number, _)| number),
+        "pull-request-title": pull_request.map(|(_, title)| title),
+        "pull-request-url": ingress.pull_request_url.filter(|_| pull_request.is_some()),
+        "sender-username": ingress.sender,
+        "tag": tag,
+    })
+}
+
 pub struct NewVcsRun<'a> {
     pub workspace_id: &'a WorkspaceId,
     /// The workspace's `vcs_settings_generation` the poll read.
@@ -51,6 +120,7 @@ pub struct NewVcsRun<'a> {
     pub working_directory: &'a WorkingDirectory,
     /// The repository at `commit_sha`, already stored.
     pub archive: &'a StoredArchive,
+    pub ingress: Ingress<'a>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -252,6 +322,11 @@ async fn record(conn: &mut AsyncPgConnection, new: &NewVcsRun<'_>) -> Result<Run
             configuration_versions::working_directory.eq(new.working_directory.as_str()),
             configuration_versions::archive_sha256.eq(&new.archive.sha256),
             configuration_versions::size.eq(new.archive.size),
+            configuration_versions::ingress.eq(ingress_attributes(
+                &new.ingress,
+                new.commit_sha,
+                &new.trigger,
+            )),
         ))
         .execute(conn)
         .await?;

@@ -108,7 +108,7 @@ pub fn github_commit(base: &str, repo: &Repo, commit: &Commit) -> Value {
         "url": format!("{url}/commits/{}", commit.sha),
         "html_url": format!("{base}/{}/commit/{}", repo.full_path(), commit.sha),
         "comments_url": format!("{url}/commits/{}/comments", commit.sha),
-        "author": null, "committer": null,
+        "author": gh_user(base, "octocat", 1, "User"), "committer": null,
         "parents": commit.parent.iter().map(|p| json!({"sha": p, "url": format!("{url}/commits/{p}"), "html_url": format!("{base}/{}/commit/{p}", repo.full_path())})).collect::<Vec<_>>(),
     })
 }

@@ -340,6 +340,7 @@ pub async fn record_push(
             },
             working_directory: &Default::default(),
             archive: &archive,
+            ingress: test_ingress(),
         },
     )
     .await
@@ -375,6 +376,7 @@ pub async fn record_pull_request(
             },
             working_directory: &Default::default(),
             archive: &archive,
+            ingress: test_ingress(),
         },
     )
     .await
@@ -395,4 +397,17 @@ pub async fn generation(
         .first(conn)
         .await
         .unwrap()
+}
+
+/// What a poll of github.com/acme/infra would know.
+pub fn test_ingress() -> terrapod_shared::runs::Ingress<'static> {
+    terrapod_shared::runs::Ingress {
+        provider: terrapod_shared::domain::Provider::GitHub,
+        identifier: "acme/infra",
+        web_base: "https://github.com",
+        on_default_branch: true,
+        sender: Some("octocat"),
+        pull_request_url: None,
+        compare_base: None,
+    }
 }

@@ -126,7 +126,7 @@ async fn vcs_repo_is_read_and_written_like_tfe() {
             "ingress-submodules",
         ),
         (
-            json!({"allow-destroy-plan": false, "queue-all-runs": true}),
+            json!({"allow-destroy-plan": false, "queue-all-runs": false}),
             json!({}),
             "allow-destroy-plan, queue-all-runs",
         ),
@@ -160,7 +160,7 @@ async fn vcs_repo_is_read_and_written_like_tfe() {
         .patch(
             &format!("/api/v2/workspaces/{id}"),
             &workspace(
-                json!({"allow-destroy-plan": true, "queue-all-runs": false, "agent-pool-id": null}),
+                json!({"allow-destroy-plan": true, "queue-all-runs": true, "agent-pool-id": null, "vcs-repo": {"github-app-installation-id": ""}}),
                 json!({}),
             ),
         )
@@ -262,6 +262,19 @@ async fn workspaces_by_name_search_organizations_and_configuration_versions() {
         .await
         .unwrap();
     assert_eq!(names(&literal), vec!["staging_net"]);
+    // A filter this list does not implement is refused, never ignored.
+    assert_error(
+        app.get("/api/v2/organizations/default/workspaces?search%5Bwildcard-name%5D=prod-*")
+            .await,
+        422,
+    )
+    .await;
+    assert_error(
+        app.get("/api/v2/organizations/default/workspaces?search%5Bname%5D=%00")
+            .await,
+        400,
+    )
+    .await;
 
     let patched = app
         .patch(
@@ -441,9 +454,15 @@ async fn run_filters_narrow_a_workspace_of_a_thousand_runs() {
         1000
     );
     assert_eq!(count("search%5Bcommit%5D=%25").await.0, 0);
+    // TFE's names that no run here has match nothing; empty lists filter nothing.
+    assert_eq!(count("filter%5Bstatus%5D=policy_checked").await.0, 0);
+    assert_eq!(count("filter%5Boperation%5D=destroy").await.0, 0);
+    assert_eq!(count("filter%5Bstatus%5D=").await.0, 1000);
     for bad in [
         "filter%5Bstatus%5D=exploded",
-        "filter%5Boperation%5D=destroy",
+        "filter%5Boperation%5D=explode",
+        "filter%5Bsource%5D=tfe-ui",
+        "filter%5Bstatus_group%5D=final",
     ] {
         let path = format!("/api/v2/workspaces/{ws}/runs?{bad}");
         assert_error(app.get(&path).await, 422).await;
@@ -474,5 +493,76 @@ async fn run_filters_narrow_a_workspace_of_a_thousand_runs() {
         plan.iter()
             .any(|l| l.contains("runs_workspace_status_created")),
         "{plan:?}"
+    );
+}
+
+#[tokio::test]
+async fn configuration_versions_show_their_ingress_attributes() {
+    let app = spawn_app().await;
+    let ws = workspace_id(&app.create_linked_workspace("w").await);
+    record_push(&app.pool, &ws, &sha(7), None, b"t").await;
+    let runs: Value = app
+        .get(&format!("/api/v2/workspaces/{ws}/runs"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let cv = runs["data"][0]["relationships"]["configuration-version"]["data"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let shown: Value = app
+        .get(&format!(
+            "/api/v2/configuration-versions/{cv}?include=ingress_attributes"
+        ))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let related = &shown["data"]["relationships"]["ingress-attributes"]["data"];
+    assert_eq!(related["type"], "ingress-attributes");
+    let included = &shown["included"][0];
+    assert_eq!(included["id"], related["id"]);
+    let attributes = &included["attributes"];
+    assert_eq!(attributes["commit-sha"], sha(7).as_str());
+    assert_eq!(attributes["branch"], "main");
+    assert_eq!(attributes["identifier"], "acme/infra");
+    assert_eq!(attributes["sender-username"], "octocat");
+    assert_eq!(
+        attributes["commit-url"],
+        format!("https://github.com/acme/infra/commit/{}", sha(7))
+    );
+    let own: Value = app
+        .get(&format!(
+            "/api/v2/configuration-versions/{cv}/ingress-attributes"
+        ))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(own["data"], *included);
+    // Versions recorded before ingress attributes were kept have none.
+    diesel::update(configuration_versions::table.filter(configuration_versions::id.eq(&cv)))
+        .set(configuration_versions::ingress.eq(None::<Value>))
+        .execute(&mut app.connection().await)
+        .await
+        .unwrap();
+    assert_error(
+        app.get(&format!(
+            "/api/v2/configuration-versions/{cv}/ingress-attributes"
+        ))
+        .await,
+        404,
+    )
+    .await;
+    let shown: Value = app
+        .get(&format!("/api/v2/configuration-versions/{cv}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        shown["data"]["relationships"]["ingress-attributes"]["data"],
+        Value::Null
     );
 }

@@ -71,6 +71,15 @@ async fn main() {
                 },
                 working_directory: &Default::default(),
                 archive: &archive,
+                ingress: terrapod_shared::runs::Ingress {
+                    provider: terrapod_shared::domain::Provider::GitHub,
+                    identifier: "bench/infra",
+                    web_base: "https://github.com",
+                    on_default_branch: true,
+                    sender: Some("octocat"),
+                    pull_request_url: None,
+                    compare_base: None,
+                },
             },
         )
         .await

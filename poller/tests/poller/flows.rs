@@ -313,3 +313,76 @@ async fn fifty_workspaces_on_one_repository_cost_about_one_set_of_provider_calls
     assert!(stats.counted + stats.not_modified <= 8, "{stats:?}");
     assert_eq!(stats.archives, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configuration_versions_keep_where_their_commit_came_from() {
+    for kind in [Kind::Github, Kind::Gitlab] {
+        let world = World::new().await;
+        let repo = "acme/origin";
+        let (first, ws) = world.repo_with_workspace(kind, repo, "origin").await;
+        let ctx = world.context(&[]);
+        assert_eq!(polled(poll(&ctx, &ws).await).0, 1);
+        let second = world
+            .sim
+            .commit(kind, repo, "main", "Add VPC\n\nbody", &[("vpc.tf", "")])
+            .await;
+        let head = world
+            .sim
+            .commit(kind, repo, "feature", "Try", &[("f.tf", "")])
+            .await;
+        let number = world
+            .sim
+            .open_pull(kind, repo, pull("feature", "Try a feature"))
+            .await;
+        assert_eq!(polled(poll(&ctx, &ws).await).0, 2);
+        let mut conn = world.db.connection().await;
+        let mut ingresses: std::collections::HashMap<String, serde_json::Value> =
+            configuration_versions::table
+                .select((
+                    configuration_versions::vcs_commit_sha,
+                    configuration_versions::ingress,
+                ))
+                .load::<(String, Option<serde_json::Value>)>(&mut conn)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|(sha, ingress)| (sha, ingress.unwrap()))
+                .collect();
+        let push = ingresses.remove(&second).unwrap();
+        let (web, section, sender) = match kind {
+            // The connections' server is the simulator: links point there.
+            Kind::Github => (world.sim.url(), "", "octocat"),
+            Kind::Gitlab => (world.sim.url(), "-/", "Terrapod Simulator"),
+        };
+        assert_eq!(push["branch"], "main", "{kind:?}");
+        assert_eq!(push["commit-sha"], second.as_str());
+        assert_eq!(push["commit-message"], "Add VPC");
+        assert_eq!(push["identifier"], repo);
+        assert_eq!(push["is-pull-request"], false);
+        assert_eq!(push["on-default-branch"], true);
+        assert_eq!(push["sender-username"], sender, "{kind:?}");
+        assert_eq!(push["clone-url"], format!("{web}/{repo}.git"));
+        assert_eq!(
+            push["commit-url"],
+            format!("{web}/{repo}/{section}commit/{second}")
+        );
+        assert_eq!(
+            push["compare-url"],
+            format!("{web}/{repo}/{section}compare/{first}...{second}")
+        );
+        let plan = ingresses.remove(&head).unwrap();
+        assert_eq!(plan["is-pull-request"], true, "{kind:?}");
+        assert_eq!(plan["pull-request-number"], number);
+        assert_eq!(plan["pull-request-title"], "Try a feature");
+        assert_eq!(plan["branch"], "feature");
+        assert_eq!(plan["on-default-branch"], false);
+        assert!(
+            plan["pull-request-url"]
+                .as_str()
+                .unwrap()
+                .ends_with(&number.to_string()),
+            "{plan}"
+        );
+        assert!(plan["sender-username"].is_string(), "{plan}");
+    }
+}

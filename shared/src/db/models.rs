@@ -170,6 +170,8 @@ pub struct ConfigurationVersion {
     pub archive_sha256: String,
     pub size: i64,
     pub created_at: DateTime<Utc>,
+    /// TFE's ingress attributes (`runs::ingress_attributes`); `None` before they were kept.
+    pub ingress: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Queryable, QueryableByName, Selectable, Identifiable)]

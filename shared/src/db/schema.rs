@@ -144,6 +144,7 @@ diesel::table! {
         archive_sha256 -> Text,
         size -> Int8,
         created_at -> Timestamptz,
+        ingress -> Nullable<Jsonb>,
     }
 }
 

@@ -170,6 +170,13 @@ struct Branch {
 struct BranchCommit {
     sha: String,
     commit: Option<CommitDetail>,
+    /// The GitHub user behind the commit (null when GitHub cannot tell).
+    author: Option<User>,
+}
+
+#[derive(Deserialize)]
+struct User {
+    login: String,
 }
 
 #[derive(Deserialize)]
@@ -183,6 +190,8 @@ struct Pull {
     title: String,
     #[serde(default)]
     draft: bool,
+    html_url: Option<String>,
+    user: Option<User>,
     head: PullRef,
     base: BaseRef,
 }
@@ -504,6 +513,7 @@ impl VcsProvider for GitHubClient {
         let branch: Branch = parse_body(PROVIDER, &response.body)?;
         Ok(BranchHead {
             sha: parse_sha(PROVIDER, &branch.commit.sha)?,
+            author: branch.commit.author.map(|user| user.login),
             title: branch
                 .commit
                 .commit
@@ -546,6 +556,8 @@ impl VcsProvider for GitHubClient {
                     title: pull.title,
                     from_fork: head_repo.is_none() || head_repo != base_repo,
                     draft: pull.draft,
+                    url: pull.html_url,
+                    author: pull.user.map(|user| user.login),
                 });
             }
             match next_link(&response.headers) {

@@ -90,6 +90,7 @@ struct Commit {
     id: String,
     title: Option<String>,
     message: Option<String>,
+    author_name: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -104,6 +105,13 @@ struct MergeRequest {
     draft: bool,
     #[serde(default)]
     work_in_progress: bool,
+    web_url: Option<String>,
+    author: Option<Author>,
+}
+
+#[derive(Deserialize)]
+struct Author {
+    username: String,
 }
 
 impl GitLabClient {
@@ -236,6 +244,7 @@ impl VcsProvider for GitLabClient {
         Ok(BranchHead {
             sha: parse_sha(PROVIDER, &branch.commit.id)?,
             title,
+            author: branch.commit.author_name,
         })
     }
 
@@ -263,6 +272,8 @@ impl VcsProvider for GitLabClient {
                     title: mr.title,
                     from_fork: mr.source_project_id != mr.target_project_id,
                     draft: mr.draft || mr.work_in_progress,
+                    url: mr.web_url,
+                    author: mr.author.map(|author| author.username),
                 });
             }
             match next_page(&response, page) {

@@ -31,6 +31,8 @@ pub struct BranchHead {
     pub sha: CommitSha,
     /// The first line of the commit message.
     pub title: Option<String>,
+    /// Who made the commit: the GitHub user, or GitLab's author name.
+    pub author: Option<String>,
 }
 
 /// A tag and the commit it points at.
@@ -50,6 +52,10 @@ pub struct PullRequest {
     /// The head lives in another repository (a fork).
     pub from_fork: bool,
     pub draft: bool,
+    /// The PR/MR page.
+    pub url: Option<String>,
+    /// Who opened it.
+    pub author: Option<String>,
 }
 
 /// What the poller asks of a provider. Every call is bounded in time and retried

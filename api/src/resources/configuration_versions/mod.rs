@@ -11,15 +11,45 @@ use crate::error::ApiError;
 use crate::jsonapi;
 use crate::startup::AppState;
 
+/// `?include=ingress_attributes` adds them as `included` (TFE).
 pub async fn show(
+    _caller: Caller,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    req: actix_web::HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let include = jsonapi::query_param(&req, "include")?;
+    let wants_ingress = include.as_deref().is_some_and(|list| {
+        list.split(',')
+            .any(|item| item.trim() == "ingress_attributes")
+    });
+    let mut conn = state.pool.get().await?;
+    let cv = service::find(&mut conn, &id).await?;
+    let mut document = serde_json::json!({"data": view::render(&cv)});
+    if wants_ingress {
+        document["included"] =
+            serde_json::Value::Array(view::render_ingress(&cv).into_iter().collect());
+    }
+    Ok(HttpResponse::Ok()
+        .content_type(jsonapi::CONTENT_TYPE)
+        .json(document))
+}
+
+/// `GET /api/v2/configuration-versions/{id}/ingress-attributes`: 404 for versions
+/// recorded before they were kept.
+pub async fn ingress_attributes(
     _caller: Caller,
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let mut conn = state.pool.get().await?;
-    Ok(jsonapi::ok(view::render(
-        &service::find(&mut conn, &id).await?,
-    )))
+    let cv = service::find(&mut conn, &id).await?;
+    let rendered = view::render_ingress(&cv).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "configuration version `{id}` has no ingress attributes (recorded before they were kept)"
+        ))
+    })?;
+    Ok(jsonapi::ok(rendered))
 }
 
 /// `GET /api/v2/workspaces/{id}/configuration-versions`, newest first.

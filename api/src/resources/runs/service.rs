@@ -27,13 +27,42 @@ pub async fn find(conn: &mut AsyncPgConnection, id: &str) -> Result<Run, ApiErro
         .ok_or_else(not_found)
 }
 
+/// TFE run statuses that runs here never take.
+const OTHER_TFE_STATUSES: &[&str] = &[
+    "fetching",
+    "fetching_completed",
+    "pre_plan_running",
+    "pre_plan_completed",
+    "queuing",
+    "cost_estimating",
+    "cost_estimated",
+    "policy_checking",
+    "policy_override",
+    "policy_soft_failed",
+    "policy_checked",
+    "post_plan_running",
+    "post_plan_completed",
+    "post_plan_awaiting_decision",
+    "pre_apply_running",
+    "pre_apply_completed",
+    "force_canceled",
+];
+
+/// `filter[operation]`, reduced to what runs here can be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OperationFilter {
+    PlanOnly,
+    PlanAndApply,
+    /// Only operations no run here has (`destroy`, …).
+    Nothing,
+}
+
 /// What a run list may be narrowed to (TFE's `filter[status]`, `filter[operation]`,
 /// `search[commit]`).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct RunFilter {
     pub statuses: Option<Vec<RunStatus>>,
-    /// `Some(true)`: plan-only runs; `Some(false)`: runs that may apply.
-    pub plan_only: Option<bool>,
+    pub operation: Option<OperationFilter>,
     /// A commit SHA or its prefix (lower-case hex).
     pub commit: Option<String>,
 }
@@ -41,19 +70,36 @@ pub struct RunFilter {
 impl RunFilter {
     /// Parses the list's query; an unknown status or operation is a 422.
     pub fn from_query(req: &actix_web::HttpRequest) -> Result<RunFilter, ApiError> {
+        if req.query_string().is_empty() {
+            return Ok(RunFilter::default());
+        }
+        crate::jsonapi::refuse_unknown_filters(
+            req,
+            &["filter[status]", "filter[operation]", "search[commit]"],
+        )?;
         let list = |raw: String| -> Vec<String> {
             raw.split(',')
                 .map(|item| item.trim().to_owned())
                 .filter(|item| !item.is_empty())
                 .collect()
         };
+        // TFE's statuses that runs here never take (`policy_checked`, …) match nothing;
+        // a name TFE does not have either is a mistake worth a 422.
         let statuses = crate::jsonapi::query_param(req, "filter[status]")?
-            .map(|raw| {
-                list(raw)
-                    .iter()
-                    .map(|s| s.parse::<RunStatus>())
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|err| ApiError::Unprocessable(format!("filter[status]: {err}")))
+            .map(list)
+            .filter(|items| !items.is_empty())
+            .map(|items| {
+                let mut statuses = Vec::new();
+                for item in items {
+                    match item.parse::<RunStatus>() {
+                        Ok(status) => statuses.push(status),
+                        Err(_) if OTHER_TFE_STATUSES.contains(&item.as_str()) => {}
+                        Err(err) => {
+                            return Err(ApiError::Unprocessable(format!("filter[status]: {err}")))
+                        }
+                    }
+                }
+                Ok(statuses)
             })
             .transpose()?;
         let plan_only = match crate::jsonapi::query_param(req, "filter[operation]")? {
@@ -66,12 +112,22 @@ impl RunFilter {
                     match operation.as_str() {
                         "plan_only" => plan_only = true,
                         "plan_and_apply" => applies = true,
-                        other => return Err(ApiError::Unprocessable(format!(
+                        // TFE's other operations; no run here is one of them.
+                        "destroy" | "refresh_only" | "empty_apply" | "save_plan" => {}
+                        other => {
+                            return Err(ApiError::Unprocessable(format!(
                             "filter[operation]: `{other}` is not one of: plan_only, plan_and_apply"
-                        ))),
+                        )))
+                        }
                     }
                 }
-                (plan_only != applies).then_some(plan_only)
+                match (plan_only, applies) {
+                    (true, true) | (false, false) if operations.is_empty() => None,
+                    (true, true) => None,
+                    (true, false) => Some(OperationFilter::PlanOnly),
+                    (false, true) => Some(OperationFilter::PlanAndApply),
+                    (false, false) => Some(OperationFilter::Nothing),
+                }
             }
         };
         let commit = crate::jsonapi::query_param(req, "search[commit]")?
@@ -79,7 +135,7 @@ impl RunFilter {
             .filter(|raw| !raw.is_empty());
         Ok(RunFilter {
             statuses,
-            plan_only,
+            operation: plan_only,
             commit,
         })
     }
@@ -144,8 +200,11 @@ async fn list_filtered(
         if let Some(statuses) = &filter.statuses {
             query = query.filter(runs::status.eq_any(statuses.clone()));
         }
-        if let Some(plan_only) = filter.plan_only {
-            query = query.filter(runs::plan_only.eq(plan_only));
+        match filter.operation {
+            Some(OperationFilter::PlanOnly) => query = query.filter(runs::plan_only.eq(true)),
+            Some(OperationFilter::PlanAndApply) => query = query.filter(runs::plan_only.eq(false)),
+            Some(OperationFilter::Nothing) => query = query.filter(runs::id.eq("")),
+            None => {}
         }
         if let Some(commit) = &filter.commit {
             // Only hex can match; anything else matches nothing (and cannot inject a

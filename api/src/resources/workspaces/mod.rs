@@ -53,6 +53,7 @@ pub async fn list(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let page = Page::from_query(&req)?;
+    jsonapi::refuse_unknown_filters(&req, &["search[name]"])?;
     let search = jsonapi::query_param(&req, "search[name]")?;
     let mut conn = state.pool.get().await?;
     let (rows, total) = service::list(&mut conn, &organization, search.as_deref(), page).await?;

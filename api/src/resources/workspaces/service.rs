@@ -79,6 +79,8 @@ pub struct UnsupportedAttributes {
     source_url: Option<serde_json::Value>,
     migration_environment: Option<serde_json::Value>,
     description: Option<serde_json::Value>,
+    operations: Option<serde_json::Value>,
+    auto_destroy_at: Option<serde_json::Value>,
 }
 
 impl UnsupportedAttributes {
@@ -94,9 +96,10 @@ impl UnsupportedAttributes {
                 "allow-destroy-plan",
                 is(&self.allow_destroy_plan, Value::Bool(true)),
             ),
+            // Linking always plans the head at once: TFE's `queue-all-runs: true`.
             (
                 "queue-all-runs",
-                is(&self.queue_all_runs, Value::Bool(false)),
+                is(&self.queue_all_runs, Value::Bool(true)),
             ),
             (
                 "assessments-enabled",
@@ -119,6 +122,9 @@ impl UnsupportedAttributes {
                 is(&self.migration_environment, empty()),
             ),
             ("description", is(&self.description, empty())),
+            // The legacy switch for remote execution; `execution-mode` is what is kept.
+            ("operations", is(&self.operations, Value::Bool(true))),
+            ("auto-destroy-at", is(&self.auto_destroy_at, Value::Null)),
         ]
         .into_iter()
         .filter(|(_, default)| !default)
@@ -447,7 +453,8 @@ async fn accept_tfe_attributes(
     if repo
         .github_app_installation_id
         .as_ref()
-        .is_some_and(|v| !v.is_null())
+        // The tfe provider sends `""` when it is unset.
+        .is_some_and(|v| !v.is_null() && v.as_str() != Some(""))
     {
         return Err(ApiError::Unprocessable(
             "vcs-repo.github-app-installation-id is not supported: link through a VCS connection with vcs-repo.oauth-token-id".into(),
@@ -481,7 +488,7 @@ async fn accept_tfe_attributes(
     };
     let connection = linked_connection(conn, organization, &relationship)
         .await?
-        .expect("a relationship with data");
+        .ok_or_else(|| ApiError::Unprocessable("vcs-repo.oauth-token-id is required".into()))?;
     let url = match identifier.filter(|i| !i.is_empty()) {
         Some(identifier) => format!(
             "{}/{identifier}",
@@ -717,7 +724,9 @@ pub async fn update(
 
     let sets_link = attrs.vcs_repo_url.is_some() || relationships.vcs_connection.is_some();
     let new_url = attrs.vcs_repo_url.as_deref().map(str::trim);
-    let url_changed = new_url.is_some_and(|url| url != existing.vcs_repo_url);
+    // The repository, not the URL's spelling: `git@…` or a `vcs-repo` identifier for
+    // the same repository keeps the last SHA, the tags' baseline and a poll in flight.
+    let mut url_changed = false;
     let branch_changed = branch
         .as_ref()
         .is_some_and(|b| b.as_str() != existing.vcs_branch);
@@ -731,6 +740,15 @@ pub async fn update(
             Some(&existing),
         )
         .await?;
+        let existing_path = link.connection.as_ref().and_then(|c| {
+            RepoUrl::parse(c.provider, &existing.vcs_repo_url)
+                .ok()
+                .map(|repo| repo.full_path().to_ascii_lowercase())
+        });
+        url_changed = match existing_path {
+            Some(path) => path != link.repo_path,
+            None => link.url != existing.vcs_repo_url,
+        };
         let connection_id = link.connection.map(|c| c.id);
         connection_changed = connection_id != existing.vcs_connection_id;
         changes.vcs_connection_id = Some(connection_id);
