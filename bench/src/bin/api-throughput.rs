@@ -125,6 +125,14 @@ async fn main() {
             format!("{base}/workspaces/{workspace}/runs"),
         ),
         (
+            "GET /workspaces/{id}/runs?filter[status]=pending (20 of 1,000)",
+            format!("{base}/workspaces/{workspace}/runs?filter%5Bstatus%5D=pending"),
+        ),
+        (
+            "GET /workspaces/{id}/runs?search[commit]=<prefix> (1 of 1,000)",
+            format!("{base}/workspaces/{workspace}/runs?search%5Bcommit%5D=00000000000000000000000000000000000003e7"),
+        ),
+        (
             "GET /workspaces/{id}",
             format!("{base}/workspaces/{workspace}"),
         ),

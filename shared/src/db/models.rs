@@ -194,7 +194,7 @@ pub struct Run {
     /// The tag whose push or move made a `tag` run.
     pub vcs_tag: Option<String>,
     /// `{"planning-at": "…", …}`: when the run reached each status (SPEC section 9).
-    pub status_timestamps: serde_json::Value,
+    pub status_timestamps: RawJson,
     /// Counts the run's status changes (1 when created); orders its run events.
     pub status_sequence: i64,
     /// What the executor said with its last transition.
@@ -212,4 +212,33 @@ pub struct VcsEvent {
     pub message: String,
     pub created_at: DateTime<Utc>,
     pub run_id: Option<String>,
+}
+
+/// A JSONB value kept as the text PostgreSQL sent: read without building a tree and
+/// written into responses as is (the run list is the API's hottest route).
+#[derive(Debug, Clone, diesel::deserialize::FromSqlRow)]
+pub struct RawJson(Box<serde_json::value::RawValue>);
+
+impl RawJson {
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl diesel::deserialize::FromSql<diesel::sql_types::Jsonb, diesel::pg::Pg> for RawJson {
+    fn from_sql(value: diesel::pg::PgValue<'_>) -> diesel::deserialize::Result<Self> {
+        // Binary JSONB is a version byte (1) and the document's text.
+        match value.as_bytes().split_first() {
+            Some((1, text)) => Ok(RawJson(serde_json::value::RawValue::from_string(
+                std::str::from_utf8(text)?.to_owned(),
+            )?)),
+            _ => Err("unsupported JSONB encoding".into()),
+        }
+    }
+}
+
+impl serde::Serialize for RawJson {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
 }

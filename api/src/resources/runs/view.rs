@@ -32,7 +32,7 @@ struct RunAttributes<'a> {
     vcs_pull_request_number: Option<i64>,
     vcs_tag: Option<&'a str>,
     created_at: String,
-    status_timestamps: &'a serde_json::Value,
+    status_timestamps: &'a terrapod_shared::db::models::RawJson,
     /// What the executor said with the last transition.
     status_message: Option<&'a str>,
     actions: RunActions,

@@ -85,8 +85,12 @@ pub async fn show(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let mut conn = state.pool.get().await?;
-    let workspace = service::find(&mut conn, &id).await?;
-    Ok(jsonapi::ok(rendered(&mut conn, &workspace, caller).await?))
+    let (workspace, connection) = service::find_with_connection(&mut conn, &id).await?;
+    Ok(jsonapi::ok(view::render(
+        &workspace,
+        connection.as_ref(),
+        caller.role,
+    )))
 }
 
 /// PATCH of a workspace by id or, with `by_name`, by organization and name (the body's

@@ -658,6 +658,23 @@ pub async fn list(
     Ok((rows, total))
 }
 
+/// A workspace with its connection, in one query (the hot read).
+pub async fn find_with_connection(
+    conn: &mut AsyncPgConnection,
+    id: &str,
+) -> Result<WithConnection, ApiError> {
+    let not_found = || ApiError::not_found("workspace", id);
+    let parsed = WorkspaceId::parse(id).map_err(|_| not_found())?;
+    workspaces::table
+        .find(&parsed)
+        .left_join(vcs_connections::table)
+        .select((Workspace::as_select(), Option::<VcsConnection>::as_select()))
+        .first(conn)
+        .await
+        .optional()?
+        .ok_or_else(not_found)
+}
+
 /// The workspace's connection, if it is linked.
 pub async fn connection_of(
     conn: &mut AsyncPgConnection,
