@@ -33,7 +33,7 @@ use crate::poll::{poll_workspace, PollContext, PollOutcome, Trigger};
 const REQUEUE_PAUSE: Duration = Duration::from_secs(5);
 
 /// Reconnection delays: 1 s doubling to 30 s, started over once consuming works.
-pub fn reconnect_delays() -> impl Iterator<Item = Duration> {
+fn reconnect_delays() -> impl Iterator<Item = Duration> {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_secs(1))
         .with_max_delay(Duration::from_secs(30))
@@ -41,21 +41,33 @@ pub fn reconnect_delays() -> impl Iterator<Item = Duration> {
         .build()
 }
 
-pub async fn run_consumer(ctx: Arc<PollContext>, mut shutdown: watch::Receiver<bool>) {
+/// Runs a session (`start` with the shutdown signal) until one ends cleanly (at
+/// shutdown), starting another after each failure with backoff; the backoff starts
+/// over after a session that got going (the `bool` it returns). Every broker client
+/// of the poller runs this way.
+pub async fn keep_running<E, F, S>(
+    mut shutdown: watch::Receiver<bool>,
+    stopped: &'static str,
+    mut start: S,
+) where
+    E: std::fmt::Display,
+    F: std::future::Future<Output = (Result<(), E>, bool)>,
+    S: FnMut(watch::Receiver<bool>) -> F,
+{
     let mut delays = reconnect_delays();
     loop {
         if *shutdown.borrow() {
             return;
         }
-        let mut consuming = false;
-        match consume(&ctx, &mut shutdown, &mut consuming).await {
+        let (result, got_going) = start(shutdown.clone()).await;
+        match result {
             Ok(()) => return,
             Err(err) => {
-                if consuming {
+                if got_going {
                     delays = reconnect_delays();
                 }
                 let wait = delays.next().unwrap_or(Duration::from_secs(30));
-                tracing::warn!(error = %err, retry_in_ms = wait.as_millis() as u64, "RabbitMQ consumer stopped; reconnecting");
+                tracing::warn!(error = %err, retry_in_ms = wait.as_millis() as u64, "{stopped}");
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = shutdown.changed() => {}
@@ -63,6 +75,22 @@ pub async fn run_consumer(ctx: Arc<PollContext>, mut shutdown: watch::Receiver<b
             }
         }
     }
+}
+
+pub async fn run_consumer(ctx: Arc<PollContext>, shutdown: watch::Receiver<bool>) {
+    keep_running(
+        shutdown,
+        "RabbitMQ consumer stopped; reconnecting",
+        |mut shutdown| {
+            let ctx = ctx.clone();
+            async move {
+                let mut consuming = false;
+                let result = consume(&ctx, &mut shutdown, &mut consuming).await;
+                (result, consuming)
+            }
+        },
+    )
+    .await;
 }
 
 async fn consume(

@@ -20,7 +20,7 @@ use terrapod_shared::queue::{self, unreachable, QueueError};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::consumer::reconnect_delays;
+use crate::consumer::keep_running;
 use crate::poll::PollContext;
 
 /// Events published per transaction at most.
@@ -48,28 +48,20 @@ pub enum RelayError {
 }
 
 /// Relays until `shutdown`; reconnects to the broker with backoff.
-pub async fn run_relay(ctx: Arc<PollContext>, mut shutdown: watch::Receiver<bool>) {
-    let mut delays = reconnect_delays();
-    loop {
-        if *shutdown.borrow() {
-            return;
-        }
-        let mut relayed_any = false;
-        match relay(&ctx, &mut shutdown, &mut relayed_any).await {
-            Ok(()) => return,
-            Err(err) => {
-                if relayed_any {
-                    delays = reconnect_delays();
-                }
-                let wait = delays.next().unwrap_or(Duration::from_secs(30));
-                tracing::warn!(error = %err, retry_in_ms = wait.as_millis() as u64, "run-event relay stopped; events wait in the outbox");
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = shutdown.changed() => {}
-                }
+pub async fn run_relay(ctx: Arc<PollContext>, shutdown: watch::Receiver<bool>) {
+    keep_running(
+        shutdown,
+        "run-event relay stopped; events wait in the outbox",
+        |mut shutdown| {
+            let ctx = ctx.clone();
+            async move {
+                let mut relayed_any = false;
+                let result = relay(&ctx, &mut shutdown, &mut relayed_any).await;
+                (result, relayed_any)
             }
-        }
-    }
+        },
+    )
+    .await;
 }
 
 async fn relay(

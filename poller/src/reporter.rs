@@ -41,7 +41,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::consumer::reconnect_delays;
+use crate::consumer::keep_running;
 use crate::poll::PollContext;
 use crate::store::short_error;
 
@@ -118,29 +118,21 @@ pub async fn run_reporter(ctx: Arc<PollContext>, shutdown: watch::Receiver<bool>
 async fn consume_events(
     ctx: &Arc<PollContext>,
     permits: &Arc<Semaphore>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let mut delays = reconnect_delays();
-    loop {
-        if *shutdown.borrow() {
-            return;
-        }
-        let mut consuming = false;
-        match consume(ctx, permits, &mut shutdown, &mut consuming).await {
-            Ok(()) => return,
-            Err(err) => {
-                if consuming {
-                    delays = reconnect_delays();
-                }
-                let wait = delays.next().unwrap_or(Duration::from_secs(30));
-                tracing::warn!(error = %err, retry_in_ms = wait.as_millis() as u64, "commit-status reporter stopped consuming run events; reconnecting (due reports are still swept)");
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = shutdown.changed() => {}
-                }
+    keep_running(
+        shutdown,
+        "commit-status reporter stopped consuming run events; reconnecting (due reports are still swept)",
+        |mut shutdown| {
+            let (ctx, permits) = (ctx.clone(), permits.clone());
+            async move {
+                let mut consuming = false;
+                let result = consume(&ctx, &permits, &mut shutdown, &mut consuming).await;
+                (result, consuming)
             }
-        }
-    }
+        },
+    )
+    .await;
 }
 
 async fn consume(
