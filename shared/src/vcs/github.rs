@@ -323,16 +323,17 @@ impl GitHubClient {
         }
     }
 
-    /// A conditional GET of `url`; a 401 drops the token and retries once.
-    async fn get(&self, url: &str, what: &str) -> Result<JsonResponse, VcsError> {
-        let http = &self.shared.http;
+    /// Calls the API with the installation token: a 401 drops the token and tries once
+    /// more with a new one (a 401 was not acted on); a 404 is `NotFound { what }`.
+    async fn with_token<T, F, Fut>(&self, what: &str, call: F) -> Result<T, VcsError>
+    where
+        F: Fn(SecretString) -> Fut,
+        Fut: std::future::Future<Output = Result<T, VcsError>>,
+    {
         let mut retried = false;
         loop {
             let token = self.installation_token().await?;
-            let request =
-                ProviderRequest::get(url, Credential::Bearer(token.expose_secret()), HEADERS);
-            let result = http.get_json(&self.endpoint, &request).await;
-            match result {
+            match call(token.clone()).await {
                 Err(VcsError::Unauthorized { .. }) if !retried => {
                     self.drop_token(&token).await;
                     retried = true;
@@ -346,6 +347,17 @@ impl GitHubClient {
                 other => return other,
             }
         }
+    }
+
+    /// A conditional GET of `url`.
+    async fn get(&self, url: &str, what: &str) -> Result<JsonResponse, VcsError> {
+        let http = &self.shared.http;
+        self.with_token(what, |token| async move {
+            let request =
+                ProviderRequest::get(url, Credential::Bearer(token.expose_secret()), HEADERS);
+            http.get_json(&self.endpoint, &request).await
+        })
+        .await
     }
 
     fn repo_url(&self, repo: &RepoUrl) -> String {
@@ -379,7 +391,7 @@ struct CheckRunSummary {
 
 /// Check runs (SPEC section 9): the App's `checks: write` permission.
 impl GitHubClient {
-    /// A JSON write. A 401 drops the token and tries once more: it was not acted on.
+    /// A JSON write, with the installation token (see [`GitHubClient::with_token`]).
     async fn write(
         &self,
         method: Method,
@@ -389,37 +401,28 @@ impl GitHubClient {
         what: &str,
     ) -> Result<bytes::Bytes, VcsError> {
         let http = &self.shared.http;
-        let mut retried = false;
-        loop {
-            let token = self.installation_token().await?;
-            let request = ProviderRequest {
-                at_most_once,
-                ..ProviderRequest::json(
-                    method.clone(),
-                    url,
-                    Credential::Bearer(token.expose_secret()),
-                    HEADERS,
-                    body,
-                )
-            };
-            let response = http.send(&self.endpoint, &request).await?;
-            match response.status().as_u16() {
-                401 if !retried => {
-                    self.drop_token(&token).await;
-                    retried = true;
+        self.with_token(what, |token| {
+            let method = method.clone();
+            async move {
+                let request = ProviderRequest {
+                    at_most_once,
+                    ..ProviderRequest::json(
+                        method,
+                        url,
+                        Credential::Bearer(token.expose_secret()),
+                        HEADERS,
+                        body,
+                    )
+                };
+                let response = http.send(&self.endpoint, &request).await?;
+                if response.status().is_success() {
+                    read_bounded(PROVIDER, response, MAX_JSON_BYTES).await
+                } else {
+                    Err(status_error(PROVIDER, response, None).await)
                 }
-                404 => {
-                    return Err(VcsError::NotFound {
-                        provider: PROVIDER,
-                        what: what.to_owned(),
-                    })
-                }
-                status if (200..300).contains(&status) => {
-                    return read_bounded(PROVIDER, response, MAX_JSON_BYTES).await
-                }
-                _ => return Err(status_error(PROVIDER, response, None).await),
             }
-        }
+        })
+        .await
     }
 
     /// The check run named `name` on `sha` whose `external_id` is `external_id`, if
