@@ -415,11 +415,14 @@ macro_rules! status_change {
 }
 
 /// The run's creation event ($1 run, $2 workspace), and its first state to report on
-/// the commit.
+/// the commit — with the check's name and repository as the run was recorded under,
+/// so a PATCH of the workspace before the first report cannot send it elsewhere.
 const RECORD_CREATION: &str = "WITH event AS (INSERT INTO run_events_outbox \
       (run_id, workspace_id, organization_name, status, previous_status, sequence) \
       SELECT $1, id, organization_name, 'pending', NULL, 1 FROM workspaces WHERE id = $2) \
-    INSERT INTO commit_status_reports (run_id, wanted_sequence) VALUES ($1, 1)";
+    INSERT INTO commit_status_reports (run_id, wanted_sequence, check_name, repo_url) \
+    SELECT $1, 1, 'terrapod/' || organization_name || '/' || name, vcs_repo_url \
+      FROM workspaces WHERE id = $2";
 
 /// Raises a moved run's wanted report (appended to the statements that move runs).
 macro_rules! wanted_report {
