@@ -132,7 +132,7 @@ pub async fn authenticate_requests(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
-    if let Some(route) = req.match_pattern() {
+    if let Some(route) = crate::routes::RoutePattern::of(&req) {
         if route.starts_with("/api/v2/") && !is_public(&route) {
             match caller_of(&req, &route).await {
                 Ok(caller) => {

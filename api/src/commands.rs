@@ -136,7 +136,7 @@ pub async fn rotate_keys(settings: &Settings) -> Result<usize, CommandError> {
 
 /// Connects (with backoff), ensures the bootstrap token, and builds the server.
 pub async fn build_server(settings: Settings) -> Result<Application, CommandError> {
-    let pool: DbPool = db::pool(settings.database_url.expose_secret(), "terrapod-api", 16)?;
+    let pool: DbPool = db::api_pool(settings.database_url.expose_secret(), "terrapod-api", 16)?;
     // Waits for PostgreSQL (logging each failed attempt) before serving.
     let mut conn = with_backoff("PostgreSQL", usize::MAX, || pool.get()).await?;
     if let Some(token) = &settings.bootstrap_token {

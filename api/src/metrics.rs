@@ -67,9 +67,7 @@ pub async fn observe_requests(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
-    let route = req
-        .match_pattern()
-        .unwrap_or_else(|| "unmatched".to_owned());
+    let route = crate::routes::RoutePattern::of(&req).unwrap_or_else(|| "unmatched".into());
     let method = req.method().clone();
     let metrics = req
         .app_data::<web::Data<AppState>>()
@@ -79,7 +77,7 @@ pub async fn observe_requests(
     if let Some(metrics) = metrics {
         metrics
             .http_requests
-            .with_label_values(&[route.as_str(), status.as_str()])
+            .with_label_values(&[&*route, status.as_str()])
             .inc();
     }
     tracing::info!(

@@ -1,12 +1,29 @@
 //! The route table. Unknown paths and methods get JSON:API errors too.
 
-use actix_web::{web, HttpRequest, HttpResponse, Route};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse, Route};
 
 use crate::error::ApiError;
 use crate::resources::{
     configuration_versions, organizations, runs, vcs_connections, vcs_events, workspaces,
 };
 use crate::{health, metrics, webhooks};
+
+/// The pattern of the route a request matched (`/api/v2/workspaces/{id}`), found once
+/// per request: matching walks the route table, and both the metrics and the
+/// authentication middleware need it.
+#[derive(Clone)]
+pub struct RoutePattern(pub Option<std::rc::Rc<str>>);
+
+impl RoutePattern {
+    pub fn of(req: &actix_web::dev::ServiceRequest) -> Option<std::rc::Rc<str>> {
+        if let Some(found) = req.extensions().get::<RoutePattern>() {
+            return found.0.clone();
+        }
+        let pattern: Option<std::rc::Rc<str>> = req.match_pattern().map(Into::into);
+        req.extensions_mut().insert(RoutePattern(pattern.clone()));
+        pattern
+    }
+}
 
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound(format!("no route for {}", req.path())))

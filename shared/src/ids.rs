@@ -12,6 +12,18 @@ use ring::rand::{SecureRandom, SystemRandom};
 const ALPHABET: &[u8] = b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
 const RANDOM_LEN: usize = 16;
 
+/// `IN_ALPHABET[b]`: whether byte `b` is in [`ALPHABET`] (ids are parsed for every row
+/// read, so this is a table lookup rather than a search of the alphabet).
+const IN_ALPHABET: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < ALPHABET.len() {
+        table[ALPHABET[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
+
 /// `len` random characters from the base58 alphabet.
 pub fn random_base58(len: usize) -> String {
     let rng = SystemRandom::new();
@@ -50,7 +62,7 @@ macro_rules! prefixed_id {
 
             pub fn parse(raw: &str) -> Result<Self, InvalidId> {
                 let valid = raw.strip_prefix($prefix).is_some_and(|rest| {
-                    rest.len() == RANDOM_LEN && rest.bytes().all(|b| ALPHABET.contains(&b))
+                    rest.len() == RANDOM_LEN && rest.bytes().all(|b| IN_ALPHABET[usize::from(b)])
                 });
                 if valid {
                     Ok(Self(raw.to_owned()))
@@ -144,6 +156,17 @@ mod tests {
             "WS-abcdefghijkmnopq",
         ] {
             assert!(WorkspaceId::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_lookup_table_is_the_alphabet() {
+        for byte in 0..=255u8 {
+            assert_eq!(
+                super::IN_ALPHABET[usize::from(byte)],
+                super::ALPHABET.contains(&byte),
+                "{byte}"
+            );
         }
     }
 }

@@ -38,7 +38,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut HashMap<&'static str, St
     env.insert("TERRAPOD_ENCRYPTION__KEY", KeyRing::generate_key());
     configure(&mut env);
     let settings = Settings::from_lookup(|name| env.get(name).cloned()).expect("test settings");
-    let pool = db::pool(db.url(), "terrapod-api-test", 8).expect("pool");
+    let pool = db::api_pool(db.url(), "terrapod-api-test", 8).expect("pool");
     let app = Application::build(settings, pool.clone()).expect("app builds");
     let address = format!("http://127.0.0.1:{}", app.port());
     tokio::spawn(app.run_until_stopped());

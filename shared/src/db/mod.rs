@@ -49,6 +49,33 @@ pub fn pool(
     application_name: &'static str,
     max_size: usize,
 ) -> Result<DbPool, DbSetupError> {
+    build_pool(database_url, application_name, max_size, "")
+}
+
+/// The API's pool: as [`pool`], but its sessions always use a prepared statement's
+/// generic plan. Every API statement is a key or index-prefix lookup whose best plan
+/// does not depend on the values; PostgreSQL's default would plan a page query
+/// (`LIMIT $n OFFSET $m`, estimated at a tenth of the rows when generic) afresh on
+/// every execution, which cost more than running it (docs/benchmarks.md, section 4).
+pub fn api_pool(
+    database_url: &str,
+    application_name: &'static str,
+    max_size: usize,
+) -> Result<DbPool, DbSetupError> {
+    build_pool(
+        database_url,
+        application_name,
+        max_size,
+        "; SET plan_cache_mode = force_generic_plan",
+    )
+}
+
+fn build_pool(
+    database_url: &str,
+    application_name: &'static str,
+    max_size: usize,
+    more_settings: &'static str,
+) -> Result<DbPool, DbSetupError> {
     let mut config = ManagerConfig::<AsyncPgConnection>::default();
     config.recycling_method = RecyclingMethod::Fast;
     config.custom_setup = Box::new(move |url| {
@@ -58,7 +85,7 @@ pub fn pool(
             // lost) within about a minute, ending its session and the advisory locks it held.
             conn.batch_execute(&format!(
                 "SET application_name = '{application_name}'; SET statement_timeout = '{STATEMENT_TIMEOUT}'; \
-                 SET tcp_keepalives_idle = 30; SET tcp_keepalives_interval = 10; SET tcp_keepalives_count = 3"
+                 SET tcp_keepalives_idle = 30; SET tcp_keepalives_interval = 10; SET tcp_keepalives_count = 3{more_settings}"
             ))
             .await
             .map_err(ConnectionError::CouldntSetupConfiguration)?;

@@ -2,6 +2,7 @@
 //! people's cancel, apply and discard). Runs are created only by the poller
 //! (`terrapod_shared::runs::create_vcs_run`).
 
+use diesel::expression::AsExpression;
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde::Deserialize;
@@ -26,6 +27,27 @@ pub async fn find(conn: &mut AsyncPgConnection, id: &str) -> Result<Run, ApiErro
         .optional()?
         .ok_or_else(not_found)
 }
+
+diesel::infix_operator!(PatternGe, " ~>=~ ");
+diesel::infix_operator!(PatternLt, " ~<~ ");
+
+/// Byte-order comparisons, the operators of a `text_pattern_ops` index.
+trait PatternOrder: Expression<SqlType = diesel::sql_types::Text> + Sized {
+    fn sorts_from<T: AsExpression<diesel::sql_types::Text>>(
+        self,
+        low: T,
+    ) -> PatternGe<Self, T::Expression> {
+        PatternGe::new(self, low.as_expression())
+    }
+    fn sorts_before<T: AsExpression<diesel::sql_types::Text>>(
+        self,
+        high: T,
+    ) -> PatternLt<Self, T::Expression> {
+        PatternLt::new(self, high.as_expression())
+    }
+}
+
+impl<E: Expression<SqlType = diesel::sql_types::Text>> PatternOrder for E {}
 
 /// TFE run statuses that runs here never take.
 const OTHER_TFE_STATUSES: &[&str] = &[
@@ -189,16 +211,10 @@ async fn list_filtered(
     filter: &RunFilter,
     page: Page,
 ) -> Result<(Vec<Run>, i64), ApiError> {
-    let exists: bool = diesel::select(diesel::dsl::exists(workspaces::table.find(id)))
-        .get_result(conn)
-        .await?;
-    if !exists {
-        return Err(ApiError::not_found("workspace", id.as_str()));
-    }
     let query = || {
         let mut query = runs::table.filter(runs::workspace_id.eq(id)).into_boxed();
         if let Some(statuses) = &filter.statuses {
-            query = query.filter(runs::status.eq_any(statuses.clone()));
+            query = query.filter(status_in(statuses));
         }
         match filter.operation {
             Some(OperationFilter::PlanOnly) => query = query.filter(runs::plan_only.eq(true)),
@@ -207,19 +223,33 @@ async fn list_filtered(
             None => {}
         }
         if let Some(commit) = &filter.commit {
-            // Only hex can match; anything else matches nothing (and cannot inject a
-            // LIKE pattern).
-            let prefix: String = commit.chars().filter(char::is_ascii_hexdigit).collect();
-            let pattern = if prefix.len() == commit.len() {
-                format!("{prefix}%")
+            // A prefix as a range of the index's byte order (`text_pattern_ops`), which
+            // a generic plan can look up, unlike `LIKE $1`: every SHA starting with
+            // `prefix` sorts from `prefix` to just before `prefix` + "g", the byte after
+            // the hex digits. Only hex can match.
+            if commit.chars().all(|c| c.is_ascii_hexdigit()) {
+                query = query.filter(
+                    runs::vcs_commit_sha
+                        .sorts_from(commit.clone())
+                        .and(runs::vcs_commit_sha.sorts_before(format!("{commit}g"))),
+                );
             } else {
-                String::new()
-            };
-            query = query.filter(runs::vcs_commit_sha.like(pattern));
+                query = query.filter(runs::id.eq(""));
+            }
         }
         query
     };
     let total: i64 = query().count().get_result(conn).await?;
+    if total == 0 {
+        // Nothing matched: tell an empty workspace from a missing one.
+        let exists: bool = diesel::select(diesel::dsl::exists(workspaces::table.find(id)))
+            .get_result(conn)
+            .await?;
+        if !exists {
+            return Err(ApiError::not_found("workspace", id.as_str()));
+        }
+        return Ok((Vec::new(), 0));
+    }
     let rows = query()
         .order((runs::created_at.desc(), runs::id.desc()))
         .limit(page.size)
@@ -229,6 +259,53 @@ async fn list_filtered(
         .await?;
     Ok((rows, total))
 }
+
+/// `runs.status IN ('errored', …)` with the statuses written into the statement, not
+/// bound: the API's sessions use generic plans (`db::api_pool`), and only a plan that
+/// knows the statuses can tell a rare one (read through the status index) from a
+/// common one. The names come from [`RunStatus`], never from the request, and are
+/// sorted, so there is one prepared statement per set of statuses, at most 2^12.
+/// (`diesel::dsl::sql` would do, but marks the statement unsafe to prepare: every
+/// request would be parsed and planned afresh.)
+#[derive(Debug)]
+struct StatusIn(String);
+
+fn status_in(statuses: &[RunStatus]) -> StatusIn {
+    let mut names: Vec<&str> = statuses.iter().map(|status| status.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    StatusIn(if names.is_empty() {
+        "false".to_owned()
+    } else {
+        format!("runs.status IN ('{}')", names.join("', '"))
+    })
+}
+
+impl Expression for StatusIn {
+    type SqlType = diesel::sql_types::Bool;
+}
+
+impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for StatusIn {
+    fn walk_ast<'b>(
+        &'b self,
+        mut out: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
+    ) -> QueryResult<()> {
+        out.push_sql(&self.0);
+        Ok(())
+    }
+}
+
+impl diesel::query_builder::QueryId for StatusIn {
+    type QueryId = ();
+    // The text differs between sets of statuses: cached by its SQL, not its type.
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl diesel::expression::ValidGrouping<()> for StatusIn {
+    type IsAggregate = diesel::expression::is_aggregate::Never;
+}
+
+impl AppearsOnTable<runs::table> for StatusIn {}
 
 /// Moves the run through the lifecycle (`terrapod_shared::runs::move_run`).
 pub async fn move_to(
