@@ -32,17 +32,18 @@ pub enum CommandError {
     Pool(#[from] db::PoolError),
 }
 
-/// Retries `connect` with capped exponential backoff (250 ms doubling to 10 s, at
-/// most `attempts` tries), logging each failure, so a program started before its
-/// database waits instead of crash-looping silently.
-pub async fn with_backoff<T, E, F>(
-    what: &str,
+/// Until PostgreSQL answers, retries `connect` with capped exponential backoff (250 ms
+/// doubling to 10 s, at most `attempts` tries), logging each failure, so a program
+/// started before its database waits instead of crash-looping silently. A database
+/// that is not migrated fails at once, unless `wait_for_migrate` (a server started
+/// beside its migration job waits for it, saying so).
+pub async fn with_backoff<T, F>(
     attempts: usize,
+    wait_for_migrate: bool,
     connect: impl FnMut() -> F,
-) -> Result<T, E>
+) -> Result<T, db::DbSetupError>
 where
-    E: std::fmt::Display,
-    F: std::future::Future<Output = Result<T, E>>,
+    F: std::future::Future<Output = Result<T, db::DbSetupError>>,
 {
     let mut attempt = 0u32;
     connect
@@ -52,25 +53,38 @@ where
                 .with_max_delay(Duration::from_secs(10))
                 .with_max_times(attempts.saturating_sub(1)),
         )
-        .notify(|err: &E, delay: Duration| {
+        .when(|err: &db::DbSetupError| {
+            err.is_transient() || (wait_for_migrate && matches!(err, db::DbSetupError::NotMigrated(_)))
+        })
+        .notify(|err: &db::DbSetupError, delay: Duration| {
             attempt += 1;
-            tracing::warn!(attempt, error = %err, retry_in_ms = delay.as_millis() as u64, "cannot reach {what} yet");
+            let retry_in_ms = delay.as_millis() as u64;
+            if matches!(err, db::DbSetupError::NotMigrated(_)) {
+                tracing::warn!(attempt, error = %err, retry_in_ms, "waiting for `terrapod-api migrate`");
+            } else {
+                tracing::warn!(attempt, error = %err, retry_in_ms, "cannot reach PostgreSQL yet");
+            }
         })
         .await
 }
 
+/// A connection for a one-shot command: waits for PostgreSQL, then refuses a database
+/// that `terrapod-api migrate` has not prepared.
 async fn connect(settings: &Settings) -> Result<AsyncPgConnection, db::DbSetupError> {
-    with_backoff("PostgreSQL", 30, || async {
-        AsyncPgConnection::establish(settings.database_url.expose_secret())
+    let url = settings.database_url.expose_secret();
+    let mut conn = with_backoff(30, false, || async {
+        AsyncPgConnection::establish(url)
             .await
-            .map_err(db::DbSetupError::from)
+            .map_err(|err| db::DbSetupError::from_connect(err, url))
     })
-    .await
+    .await?;
+    db::check_schema(&mut conn).await?;
+    Ok(conn)
 }
 
 pub async fn migrate(settings: &Settings) -> Result<usize, CommandError> {
     let url = settings.database_url.expose_secret();
-    with_backoff("PostgreSQL", 30, || db::create_database_if_missing(url)).await?;
+    with_backoff(30, false, || db::create_database_if_missing(url)).await?;
     Ok(db::run_migrations(url).await?)
 }
 
@@ -137,8 +151,9 @@ pub async fn rotate_keys(settings: &Settings) -> Result<usize, CommandError> {
 /// Connects (with backoff), ensures the bootstrap token, and builds the server.
 pub async fn build_server(settings: Settings) -> Result<Application, CommandError> {
     let pool: DbPool = db::api_pool(settings.database_url.expose_secret(), "terrapod-api", 16)?;
-    // Waits for PostgreSQL (logging each failed attempt) before serving.
-    let mut conn = with_backoff("PostgreSQL", usize::MAX, || pool.get()).await?;
+    // Waits for PostgreSQL and its schema (logging each failed attempt) before serving.
+    let url = settings.database_url.expose_secret();
+    let mut conn = with_backoff(usize::MAX, true, || db::ready_connection(&pool, url)).await?;
     if let Some(token) = &settings.bootstrap_token {
         match tokens::ensure_bootstrap(&mut conn, token).await? {
             Bootstrap::Active { replaced: 0 } => {}

@@ -27,7 +27,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(settings.log_format);
+    telemetry::init(settings.log_format, &settings.log_filter);
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Migrate => commands::migrate(&settings).await.map(|applied| {
             tracing::info!(applied, "migrations applied");

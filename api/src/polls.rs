@@ -102,10 +102,20 @@ pub async fn queue(
 /// Like [`queue`], for changes whose request must succeed anyway: a failure is only
 /// logged, and the schedule picks the workspace up.
 pub async fn queue_best_effort(state: &AppState, workspace: &WorkspaceId, reason: PollReason) {
-    if queue(state, std::slice::from_ref(workspace), reason, None)
-        .await
-        .is_ok()
-    {
-        tracing::debug!(workspace.id = %workspace, ?reason, "immediate poll queued");
+    queue_all_best_effort(state, std::slice::from_ref(workspace), reason).await;
+}
+
+/// [`queue_best_effort`] for several workspaces.
+pub async fn queue_all_best_effort(
+    state: &AppState,
+    workspaces: &[WorkspaceId],
+    reason: PollReason,
+) {
+    if !workspaces.is_empty() && queue(state, workspaces, reason, None).await.is_ok() {
+        tracing::debug!(
+            workspaces = workspaces.len(),
+            ?reason,
+            "immediate polls queued"
+        );
     }
 }

@@ -87,28 +87,41 @@ pub fn context_with_window(
     }))
 }
 
-/// Waits until the database answers, logging each failed attempt; false when
-/// `shutdown` came first.
-pub async fn wait_for_database(ctx: &PollContext, shutdown: &mut watch::Receiver<bool>) -> bool {
+/// Waits until the database answers and is migrated, logging each failed attempt:
+/// `Ok(false)` when `shutdown` came first. A database `terrapod-api migrate` has not
+/// prepared is waited for (saying so) when `wait_for_migrate`, else returned at once.
+pub async fn wait_for_database(
+    ctx: &PollContext,
+    shutdown: &mut watch::Receiver<bool>,
+    wait_for_migrate: bool,
+) -> Result<bool, db::DbSetupError> {
     let mut delays = ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(250))
         .with_max_delay(Duration::from_secs(10))
         .without_max_times()
         .build();
+    let url = ctx.settings.database_url.expose_secret().to_owned();
     let mut attempt = 1u32;
     loop {
         let err = tokio::select! {
-            connection = ctx.pool.get() => match connection {
-                Ok(_) => return true,
+            connection = db::ready_connection(&ctx.pool, &url) => match connection {
+                Ok(_) => return Ok(true),
                 Err(err) => err,
             },
-            _ = shutdown.wait_for(|stop| *stop) => return false,
+            _ = shutdown.wait_for(|stop| *stop) => return Ok(false),
         };
         let delay = delays.next().unwrap_or(Duration::from_secs(10));
-        tracing::warn!(attempt, error = %err, retry_in_ms = delay.as_millis() as u64, "cannot reach PostgreSQL yet");
+        let retry_in_ms = delay.as_millis() as u64;
+        match &err {
+            db::DbSetupError::NotMigrated(_) if !wait_for_migrate => return Err(err),
+            db::DbSetupError::NotMigrated(_) => {
+                tracing::warn!(attempt, error = %err, retry_in_ms, "waiting for `terrapod-api migrate`")
+            }
+            _ => tracing::warn!(attempt, error = %err, retry_in_ms, "cannot reach PostgreSQL yet"),
+        }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = shutdown.wait_for(|stop| *stop) => return false,
+            _ = shutdown.wait_for(|stop| *stop) => return Ok(false),
         }
         attempt += 1;
     }
@@ -137,7 +150,7 @@ pub async fn run(
         })
     };
     let mut waiting = shutdown.clone();
-    if !wait_for_database(&ctx, &mut waiting).await {
+    if !matches!(wait_for_database(&ctx, &mut waiting, true).await, Ok(true)) {
         tracing::info!("stopped before PostgreSQL could be reached");
         server_handle.stop(true).await;
         let _ = server_task.await;

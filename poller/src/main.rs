@@ -41,7 +41,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(settings.log_format);
+    telemetry::init(settings.log_format, &settings.log_filter);
     let listen = settings.poller_listen;
     let ctx = match terrapod_poller::context(settings) {
         Ok(ctx) => ctx,
@@ -90,8 +90,13 @@ async fn poll_once(
             budget.stop_waiting();
         }
     });
-    if !terrapod_poller::wait_for_database(&ctx, &mut shutdown).await {
-        return ExitCode::FAILURE;
+    match terrapod_poller::wait_for_database(&ctx, &mut shutdown, false).await {
+        Ok(true) => {}
+        Ok(false) => return ExitCode::FAILURE,
+        Err(err) => {
+            eprintln!("terrapod-poller: {err}");
+            return ExitCode::FAILURE;
+        }
     }
     let code = poll_once_with(&ctx, workspace, &shutdown).await;
     // Slots whose background release has not run yet are given back before exit.

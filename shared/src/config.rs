@@ -38,6 +38,8 @@ pub struct Settings {
     pub external_url: Url,
     /// `None` picks `pretty` on a terminal and `json` elsewhere.
     pub log_format: Option<LogFormat>,
+    /// `RUST_LOG`, checked at start (`info` when unset or empty).
+    pub log_filter: String,
 }
 
 #[derive(Clone, Debug)]
@@ -99,6 +101,19 @@ impl Settings {
                 })
             }
         };
+        // A filter that does not parse would otherwise be dropped silently, leaving
+        // the operator without the logs they asked for.
+        let log_filter = env
+            .non_empty("RUST_LOG")
+            .map_or_else(|| "info".to_owned(), |raw| raw.trim().to_owned());
+        if let Err(err) = tracing_subscriber::EnvFilter::try_new(&log_filter) {
+            return Err(ConfigError {
+                variable: "RUST_LOG",
+                reason: format!(
+                    "not a valid log filter ({err}); e.g. `info` or `info,terrapod_poller=debug`"
+                ),
+            });
+        }
         let external_url = env.non_empty("TERRAPOD_EXTERNAL_URL");
         let external_url = external_url.as_deref().unwrap_or("http://localhost:8080");
         let external_url = Url::parse(external_url)
@@ -151,6 +166,7 @@ impl Settings {
             bootstrap_token: bootstrap_token(&env)?,
             external_url,
             log_format,
+            log_filter,
         })
     }
 }
@@ -251,6 +267,25 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Settings::from_lookup(|name| vars.get(name).cloned())
+    }
+
+    #[test]
+    fn empty_or_blank_values_are_unset_and_a_bad_log_filter_is_refused() {
+        let blank = settings(&[
+            ("TERRAPOD_VCS__POLL_INTERVAL_SECONDS", ""),
+            ("TERRAPOD_VCS__GITHUB__WEBHOOK_SECRET", "  "),
+            ("TERRAPOD_ENCRYPTION__KEY", ""),
+            ("RUST_LOG", ""),
+        ])
+        .unwrap();
+        assert_eq!(blank.vcs.poll_interval, Duration::from_secs(60));
+        assert!(blank.vcs.github_webhook_secret.is_none());
+        assert!(blank.encryption.is_none());
+        assert_eq!(blank.log_filter, "info");
+        let chosen = settings(&[("RUST_LOG", " warn,terrapod_poller=debug ")]).unwrap();
+        assert_eq!(chosen.log_filter, "warn,terrapod_poller=debug");
+        let err = settings(&[("RUST_LOG", "info,terrapod_poller=loud")]).unwrap_err();
+        assert_eq!(err.variable, "RUST_LOG");
     }
 
     #[test]

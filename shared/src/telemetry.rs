@@ -9,8 +9,9 @@ use tracing_subscriber::{fmt, EnvFilter};
 use crate::config::LogFormat;
 
 /// Installs the global subscriber; logs go to stderr so stdout stays for command output.
-pub fn init(format: Option<LogFormat>) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// `filter` is `Settings::log_filter`, checked when the settings were read.
+pub fn init(format: Option<LogFormat>, filter: &str) {
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let format = format.unwrap_or(if std::io::stderr().is_terminal() {
         LogFormat::Pretty
     } else {

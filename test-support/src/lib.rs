@@ -19,15 +19,29 @@ pub struct TestDatabase {
 
 impl TestDatabase {
     pub async fn new() -> TestDatabase {
+        let database = TestDatabase::unmigrated().await;
+        db::run_migrations(&database.url)
+            .await
+            .unwrap_or_else(|err| panic!("cannot migrate test database {}: {err}", database.name));
+        database
+    }
+
+    /// A freshly created database that `terrapod-api migrate` has not prepared.
+    pub async fn unmigrated() -> TestDatabase {
         let name = format!("terrapod_test_{}", random_base58(12).to_lowercase());
         let url = database_url(&name);
         db::create_database_if_missing(&url)
             .await
             .unwrap_or_else(|err| panic!("cannot create test database {name}: {err}"));
-        db::run_migrations(&url)
-            .await
-            .unwrap_or_else(|err| panic!("cannot migrate test database {name}: {err}"));
         TestDatabase { name, url }
+    }
+
+    /// The URL of a database on the test server that does not exist.
+    pub fn missing_url() -> String {
+        database_url(&format!(
+            "terrapod_test_missing_{}",
+            random_base58(12).to_lowercase()
+        ))
     }
 
     pub fn url(&self) -> &str {

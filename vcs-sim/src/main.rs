@@ -5,7 +5,8 @@ use clap::Parser;
 use terrapod_vcs_sim::Simulator;
 
 /// A local GitHub REST / GitLab v4 stand-in backed by real git repositories.
-/// Steer it through the admin API under /_admin (see the crate's README section).
+/// Steer it through the admin API under /_admin: see "The VCS simulator" and "Run it
+/// from the binaries with the simulator" in the repository's README.md.
 #[derive(Parser)]
 #[command(name = "terrapod-vcs-sim", version)]
 struct Cli {
@@ -16,8 +17,10 @@ struct Cli {
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Start with a sample world: GitHub App 1 (installation 1) keyed with the
-    /// project's published test key, GitLab token `glpat-demo`, and the repositories
-    /// github `demo/infra` and gitlab `demo/network`.
+    /// project's published test key (test-support/fixtures/github-app-test-key.pem),
+    /// GitLab token `glpat-demo`, and the repositories github `demo/infra` and gitlab
+    /// `demo/network` (branch `main`). Connections use this simulator's URL as
+    /// `server-url`.
     #[arg(long)]
     seed_demo: bool,
 }

@@ -117,6 +117,7 @@ fn malformed_configuration_stops_the_program_with_one_line_naming_the_variable()
         ("TERRAPOD_VCS__POLL_INTERVAL_SECONDS", "soon"),
         ("TERRAPOD_DATABASE__URL", "nope"),
         ("TERRAPOD_ENCRYPTION__KEY", "not-a-fernet-key"),
+        ("RUST_LOG", "info,terrapod_api=loud"),
     ] {
         let output = binary().arg("serve").env(variable, value).output().unwrap();
         assert!(!output.status.success());
@@ -332,4 +333,98 @@ async fn tokens_are_listed_without_their_secret_and_a_revoked_one_stops_within_s
     let again = token_command(&app, &["revoke", &id]);
     assert!(again.status.success());
     assert!(String::from_utf8_lossy(&again.stdout).contains("already revoked"));
+}
+
+/// One-shot commands against a database `migrate` has not prepared stop at once with
+/// what to do; `serve` waits for the migration, saying so, and serves once it ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unmigrated_database_is_named_at_once_with_the_command_that_fixes_it() {
+    use terrapod_test_support::TestDatabase;
+    let empty = TestDatabase::unmigrated().await;
+    let missing = TestDatabase::missing_url();
+    for (url, says) in [
+        (
+            empty.url().to_owned(),
+            "the database has no Terrapod schema: run `terrapod-api migrate`",
+        ),
+        (
+            missing.clone(),
+            "does not exist: `terrapod-api migrate` creates it",
+        ),
+    ] {
+        for args in [
+            &["token", "create", "--admin"][..],
+            &["token", "list"],
+            &["keys", "rotate"],
+        ] {
+            let started = std::time::Instant::now();
+            let output = binary()
+                .args(args)
+                .env("TERRAPOD_DATABASE__URL", &url)
+                .env("TERRAPOD_ENCRYPTION__KEY", KeyRing::generate_key())
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+            assert!(stderr.contains(says), "{args:?}: {stderr}");
+            assert!(output.stdout.is_empty());
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(5),
+                "{args:?} retried"
+            );
+        }
+    }
+
+    // `serve` waits, saying why, and serves once the schema is there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut serve = binary()
+        .arg("serve")
+        .env("TERRAPOD_DATABASE__URL", empty.url())
+        .env("TERRAPOD_API__LISTEN", format!("127.0.0.1:{port}"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = serve.stderr.take().unwrap();
+    let (lines, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines.send(line);
+        }
+    });
+    let waiting = seen
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .unwrap();
+    assert!(
+        waiting.contains("waiting for `terrapod-api migrate`"),
+        "{waiting}"
+    );
+    assert!(waiting.contains("run `terrapod-api migrate`"), "{waiting}");
+    terrapod_shared::db::run_migrations(empty.url())
+        .await
+        .unwrap();
+    let client = reqwest::Client::new();
+    let mut served = false;
+    for _ in 0..150 {
+        if client
+            .get(format!("http://127.0.0.1:{port}/api/v2/ping"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 204)
+        {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let _ = serve.kill();
+    let _ = serve.wait();
+    assert!(served, "serve did not start after the migration");
 }

@@ -202,3 +202,93 @@ async fn a_large_archive_is_stored_in_chunks_and_downloaded_whole() {
         .unwrap();
     assert_eq!(chunks, 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn re_enabling_a_connection_clears_its_workspaces_errors_and_polls_them_now() {
+    let app = spawn_app().await;
+    let workspace = app.create_linked_workspace("paused").await;
+    let id = workspace["id"].as_str().unwrap();
+    let connection = workspace["relationships"]["vcs-connection"]["data"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let connection_path = format!("/api/v2/vcs-connections/{connection}");
+    let patch = |attributes: Value| {
+        let (app, path) = (&app, connection_path.clone());
+        async move {
+            let response = app
+                .patch(
+                    &path,
+                    &json!({"data": {"type": "vcs-connections", "attributes": attributes}}),
+                )
+                .await;
+            assert_eq!(response.status(), 200);
+        }
+    };
+    // Eventually the queued polls appear: they are published after the response.
+    let polls_for = |expected: usize| {
+        let app = &app;
+        async move {
+            let mut queued = Vec::new();
+            for _ in 0..50 {
+                queued.extend(drain_poll_messages(app).await);
+                if queued.len() >= expected {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            queued
+        }
+    };
+    assert_eq!(drain_poll_messages(&app).await.len(), 1, "the link's poll");
+    patch(json!({"status": "disabled"})).await;
+    // What the poller records while the connection is disabled.
+    let mut conn = app.connection().await;
+    {
+        use diesel::prelude::*;
+        use diesel_async::RunQueryDsl;
+        use terrapod_shared::db::schema::workspaces;
+        diesel::update(workspaces::table.filter(workspaces::id.eq(id)))
+            .set((
+                workspaces::vcs_last_error.eq(format!(
+                    "VCS connection {connection} is disabled; VCS runs are paused"
+                )),
+                workspaces::vcs_last_error_at.eq(diesel::dsl::now),
+            ))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        drain_poll_messages(&app).await.is_empty(),
+        "disabling polls nothing"
+    );
+
+    patch(json!({"status": "active"})).await;
+    let shown: Value = app
+        .get(&format!("/api/v2/workspaces/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shown["data"]["attributes"]["vcs-last-error"], Value::Null);
+    assert_eq!(
+        shown["data"]["attributes"]["vcs-last-error-at"],
+        Value::Null
+    );
+    let queued = polls_for(1).await;
+    assert_eq!(queued.len(), 1, "re-enabling queues one poll");
+    assert_eq!(queued[0].workspace_id, id);
+    assert_eq!(queued[0].reason, PollReason::Linked);
+
+    // New credentials on an active connection are tried at once too; a rename is not.
+    patch(json!({"private-key": terrapod_test_support::GITHUB_APP_TEST_KEY})).await;
+    assert_eq!(polls_for(1).await.len(), 1, "a credential change polls");
+    patch(json!({"name": "renamed"})).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        drain_poll_messages(&app).await.is_empty(),
+        "a rename polls nothing"
+    );
+}

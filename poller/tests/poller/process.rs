@@ -360,3 +360,101 @@ async fn a_relay_killed_mid_batch_loses_nothing() {
     }
     assert_eq!(outbox_len(&world).await, 0);
 }
+
+/// SIGTERM stops the poller wherever its start is waiting: PostgreSQL refusing
+/// connections or accepting and never answering, its database missing or unmigrated,
+/// RabbitMQ refusing. `poll-once`, a one-shot command, names an unmigrated database
+/// at once instead of waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_poller_at_every_stage_of_its_start() {
+    use terrapod_test_support::TestDatabase;
+    let world = World::new().await;
+    let empty = TestDatabase::unmigrated().await;
+    let missing = TestDatabase::missing_url();
+    // Accepts connections and never answers them.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_url = format!(
+        "postgres://postgres@{}/terrapod",
+        silent.local_addr().unwrap()
+    );
+    let refused_url = format!("postgres://postgres@127.0.0.1:{}/terrapod", free_port());
+    let refused_broker = format!("amqp://guest:guest@127.0.0.1:{}/%2f", free_port());
+    // (stage, settings, what the log says while the start waits there)
+    type Stage<'a> = (&'a str, Vec<(&'a str, &'a str)>, Option<&'a str>);
+    let stages: [Stage; 5] = [
+        (
+            "PostgreSQL refuses",
+            vec![("TERRAPOD_DATABASE__URL", &refused_url)],
+            Some("cannot reach PostgreSQL yet"),
+        ),
+        (
+            "PostgreSQL never answers",
+            vec![("TERRAPOD_DATABASE__URL", &silent_url)],
+            None,
+        ),
+        (
+            "database missing",
+            vec![("TERRAPOD_DATABASE__URL", &missing)],
+            Some("does not exist: `terrapod-api migrate` creates it"),
+        ),
+        (
+            "schema missing",
+            vec![("TERRAPOD_DATABASE__URL", empty.url())],
+            Some("the database has no Terrapod schema: run `terrapod-api migrate`"),
+        ),
+        (
+            "RabbitMQ refuses",
+            vec![("TERRAPOD_AMQP__URL", &refused_broker)],
+            Some("RabbitMQ is unreachable"),
+        ),
+    ];
+    for (stage, overrides, marker) in stages {
+        let (mut child, lines) = spawn(poller(&world, &["run"], &overrides));
+        match marker {
+            Some(marker) => {
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while !lines.lock().unwrap().iter().any(|l| l.contains(marker)) {
+                    assert!(
+                        Instant::now() < deadline,
+                        "{stage}: no `{marker}` in {:?}",
+                        lines.lock().unwrap()
+                    );
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+            None => std::thread::sleep(Duration::from_millis(1500)),
+        }
+        signal(&child, "-TERM");
+        let started = Instant::now();
+        let status = wait(&mut child, Duration::from_secs(10));
+        assert!(status.success(), "{stage}: {status:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{stage}: took {:?}",
+            started.elapsed()
+        );
+    }
+    for (url, says) in [
+        (
+            empty.url(),
+            "the database has no Terrapod schema: run `terrapod-api migrate`",
+        ),
+        (
+            missing.as_str(),
+            "does not exist: `terrapod-api migrate` creates it",
+        ),
+    ] {
+        let output = poller(&world, &["poll-once"], &[("TERRAPOD_DATABASE__URL", url)])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.starts_with("terrapod-poller: ") && l.contains(says)),
+            "{stderr}"
+        );
+    }
+    drop(silent);
+}

@@ -181,3 +181,66 @@ async fn lost_database_connections_are_survived() {
     }
     assert!(created, "the poller recovered from the lost connections");
 }
+
+/// A GitHub connection's App id or private key changed: the next poll mints a new
+/// installation token with them (and fails at once if they are wrong) instead of
+/// reusing the token the old ones minted, which stays valid for an hour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_change_is_used_by_the_next_poll_not_the_cached_token() {
+    use diesel::{ExpressionMethods, QueryDsl};
+    use terrapod_shared::crypto::KeyRing;
+    use terrapod_shared::db::schema::vcs_connections;
+
+    let world = World::new().await;
+    let ctx = world.context(&[]);
+    let (_, workspace) = world
+        .repo_with_workspace(Kind::Github, "acme/keys", "keys")
+        .await;
+    let github = world.connection_for(Kind::Github).clone();
+    let minted = || world.sim.stats(Kind::Github).tokens_minted;
+    let (runs, error) = crate::helpers::polled(poll(&ctx, &workspace).await);
+    assert_eq!((runs, error), (1, None));
+    assert_eq!(minted(), 1);
+
+    // Another key, which the App does not have.
+    let other_key = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+        ])
+        .output()
+        .expect("openssl");
+    assert!(other_key.status.success());
+    let other_key = String::from_utf8(other_key.stdout).unwrap();
+    let keys = KeyRing::parse(&world.key).unwrap();
+    let mut conn = world.db.connection().await;
+    let set_credential = |pem: &str| {
+        diesel::update(vcs_connections::table.find(&github))
+            .set(vcs_connections::encrypted_credential.eq(keys.encrypt(pem)))
+    };
+    set_credential(&other_key).execute(&mut conn).await.unwrap();
+    let (_, error) = crate::helpers::polled(poll(&ctx, &workspace).await);
+    let error = error.expect("the wrong key is found out at once");
+    assert!(
+        error.contains("rejected the connection's credentials"),
+        "{error}"
+    );
+
+    // Back to the right key, then a wrong App id: each change is tried at once.
+    set_credential(terrapod_test_support::GITHUB_APP_TEST_KEY)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let (_, error) = crate::helpers::polled(poll(&ctx, &workspace).await);
+    assert_eq!(error, None);
+    diesel::update(vcs_connections::table.find(&github))
+        .set(vcs_connections::github_app_id.eq(Some(4242)))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let (_, error) = crate::helpers::polled(poll(&ctx, &workspace).await);
+    assert!(error.is_some_and(|e| e.contains("rejected the connection's credentials")));
+}

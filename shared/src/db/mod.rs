@@ -38,6 +38,106 @@ pub enum DbSetupError {
     Pool(#[from] BuildError),
     #[error("migration failed: {0}")]
     Migration(String),
+    #[error("no database connection: {0}")]
+    Unreachable(String),
+    /// Retrying cannot help: a person must run `terrapod-api migrate`.
+    #[error("{0}")]
+    NotMigrated(#[from] NotMigrated),
+}
+
+/// Why the database cannot be used yet although PostgreSQL answers.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum NotMigrated {
+    #[error("database `{0}` does not exist: `terrapod-api migrate` creates it and its schema")]
+    NoDatabase(String),
+    #[error("the database has no Terrapod schema: run `terrapod-api migrate`")]
+    NoSchema,
+    #[error("the database schema is older than this program ({0} migrations pending): run `terrapod-api migrate`")]
+    Behind(usize),
+}
+
+impl DbSetupError {
+    /// Worth waiting for (PostgreSQL not up yet), as opposed to a database that needs
+    /// `terrapod-api migrate` or a setting that is wrong.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            DbSetupError::Connect(_) | DbSetupError::Query(_) | DbSetupError::Unreachable(_)
+        )
+    }
+
+    /// A connection refused because its database does not exist (SQLSTATE 3D000) is a
+    /// missing migration, not an outage.
+    pub fn from_connect(err: ConnectionError, database_url: &str) -> DbSetupError {
+        match missing_database(&err.to_string(), database_url) {
+            Some(missing) => missing.into(),
+            None => DbSetupError::Connect(err),
+        }
+    }
+}
+
+/// `NotMigrated::NoDatabase` when a connection error says the URL's database does not
+/// exist (PostgreSQL: `database "name" does not exist`).
+pub fn missing_database(error: &str, database_url: &str) -> Option<NotMigrated> {
+    let name = Url::parse(database_url)
+        .ok()
+        .map(|url| url.path().trim_start_matches('/').to_owned())
+        .filter(|name| !name.is_empty())?;
+    error
+        .contains(&format!("database \"{name}\" does not exist"))
+        .then_some(NotMigrated::NoDatabase(name))
+}
+
+/// A pooled connection to a database that `terrapod-api migrate` has prepared.
+pub async fn ready_connection(
+    pool: &DbPool,
+    database_url: &str,
+) -> Result<PooledConnection<AsyncPgConnection>, DbSetupError> {
+    let mut conn = pool.get().await.map_err(|err| {
+        let text = err.to_string();
+        match missing_database(&text, database_url) {
+            Some(missing) => DbSetupError::NotMigrated(missing),
+            None => DbSetupError::Unreachable(text),
+        }
+    })?;
+    check_schema(&mut conn).await?;
+    Ok(conn)
+}
+
+/// Checks that every migration this program embeds has been applied.
+pub async fn check_schema(conn: &mut AsyncPgConnection) -> Result<(), DbSetupError> {
+    #[derive(diesel::QueryableByName)]
+    struct Applied {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        version: String,
+    }
+    let applied: Vec<Applied> =
+        match diesel::sql_query("SELECT version FROM __diesel_schema_migrations")
+            .load(conn)
+            .await
+        {
+            Ok(applied) => applied,
+            Err(diesel::result::Error::DatabaseError(_, info))
+                if info.message().contains("__diesel_schema_migrations") =>
+            {
+                return Err(NotMigrated::NoSchema.into())
+            }
+            Err(err) => return Err(err.into()),
+        };
+    let embedded = diesel::migration::MigrationSource::<diesel::pg::Pg>::migrations(&MIGRATIONS)
+        .map_err(|err| DbSetupError::Migration(err.to_string()))?;
+    let pending = embedded
+        .iter()
+        .filter(|migration| {
+            let version = migration.name().version().to_string();
+            !applied.iter().any(|row| row.version == version)
+        })
+        .count();
+    match pending {
+        0 => Ok(()),
+        n if n == embedded.len() => Err(NotMigrated::NoSchema.into()),
+        n => Err(NotMigrated::Behind(n).into()),
+    }
 }
 
 /// A pool whose connections carry `application_name`, a statement timeout and TCP

@@ -11,6 +11,7 @@ use crate::error::ApiError;
 use crate::jsonapi::{self, InputDocument, JsonApiBody, Page};
 use crate::startup::AppState;
 use service::ConnectionAttributes;
+use terrapod_shared::queue::PollReason;
 
 const KIND: &str = "vcs-connections";
 
@@ -73,7 +74,16 @@ pub async fn update(
     let mut conn = state.pool.get().await?;
     let updated =
         service::update(&mut conn, state.settings.encryption.as_ref(), &id, attrs).await?;
-    Ok(jsonapi::ok(view::render(&updated)))
+    drop(conn);
+    if !updated.to_poll.is_empty() {
+        // One confirmed message per workspace: a connection with thousands of them
+        // should not hold the response.
+        let (state, to_poll) = (state.clone(), updated.to_poll);
+        actix_web::rt::spawn(async move {
+            crate::polls::queue_all_best_effort(&state, &to_poll, PollReason::Linked).await;
+        });
+    }
+    Ok(jsonapi::ok(view::render(&updated.connection)))
 }
 
 pub async fn delete(

@@ -10,7 +10,7 @@ use terrapod_shared::crypto::KeyRing;
 use terrapod_shared::db::models::{NewVcsConnection, VcsConnection, VcsConnectionChanges};
 use terrapod_shared::db::schema::{vcs_connections, workspaces};
 use terrapod_shared::domain::{ConnectionStatus, Provider};
-use terrapod_shared::ids::VcsConnectionId;
+use terrapod_shared::ids::{VcsConnectionId, WorkspaceId};
 use url::Url;
 
 use crate::error::ApiError;
@@ -285,12 +285,20 @@ pub async fn list(
     Ok((rows, total))
 }
 
+/// A changed connection and the workspaces to poll at once because of the change.
+pub struct Updated {
+    pub connection: VcsConnection,
+    /// Re-enabled, or given new credentials or a new server while active: its
+    /// workspaces are polled now, so the change shows (or fails) at once.
+    pub to_poll: Vec<WorkspaceId>,
+}
+
 pub async fn update(
     conn: &mut AsyncPgConnection,
     keys: Option<&KeyRing>,
     id: &str,
     attrs: ConnectionAttributes,
-) -> Result<VcsConnection, ApiError> {
+) -> Result<Updated, ApiError> {
     let existing = find(conn, id).await?;
     if let Some(provider) = attrs.provider.as_deref() {
         if provider != existing.provider.as_str() {
@@ -375,7 +383,29 @@ pub async fn update(
         if reach_changed {
             supersede_polls(conn, &existing.id).await?;
         }
-        Ok(updated)
+        let linked = workspaces::table.filter(workspaces::vcs_connection_id.eq(&existing.id));
+        let re_enabled = existing.status != ConnectionStatus::Active
+            && updated.status == ConnectionStatus::Active;
+        let to_poll = if re_enabled {
+            // The errors said why the connection could not be used; it can again, and
+            // the polls queued now record what is true today.
+            diesel::update(linked)
+                .set((
+                    workspaces::vcs_last_error.eq(None::<String>),
+                    workspaces::vcs_last_error_at.eq(None::<chrono::DateTime<Utc>>),
+                ))
+                .returning(workspaces::id)
+                .get_results(conn)
+                .await?
+        } else if reach_changed && updated.status == ConnectionStatus::Active {
+            linked.select(workspaces::id).load(conn).await?
+        } else {
+            Vec::new()
+        };
+        Ok(Updated {
+            connection: updated,
+            to_poll,
+        })
     })
     .await
 }
