@@ -9,3 +9,4 @@ mod replicas;
 mod reporting;
 mod robustness;
 mod triggers;
+mod troubleshooting;
