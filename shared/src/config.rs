@@ -106,14 +106,10 @@ impl Settings {
         let log_filter = env
             .non_empty("RUST_LOG")
             .map_or_else(|| "info".to_owned(), |raw| raw.trim().to_owned());
-        if let Err(err) = tracing_subscriber::EnvFilter::try_new(&log_filter) {
-            return Err(ConfigError {
-                variable: "RUST_LOG",
-                reason: format!(
-                    "not a valid log filter ({err}); e.g. `info` or `info,terrapod_poller=debug`"
-                ),
-            });
-        }
+        check_log_filter(&log_filter).map_err(|reason| ConfigError {
+            variable: "RUST_LOG",
+            reason: format!("{reason}; e.g. `info` or `info,terrapod_poller=debug`"),
+        })?;
         let external_url = env.non_empty("TERRAPOD_EXTERNAL_URL");
         let external_url = external_url.as_deref().unwrap_or("http://localhost:8080");
         let external_url = Url::parse(external_url)
@@ -191,6 +187,26 @@ fn bootstrap_token(env: &Env) -> Result<Option<SecretString>, ConfigError> {
         });
     }
     Ok(Some(SecretString::from(token.to_owned())))
+}
+
+/// A `RUST_LOG` that `tracing` parses, with one more rule: a directive without `=` must
+/// be a level. `tracing` reads any other bare word (`debgu`, `warning`) as a target to
+/// trace, which silently turns every other log off.
+fn check_log_filter(filter: &str) -> Result<(), String> {
+    tracing_subscriber::EnvFilter::try_new(filter)
+        .map_err(|err| format!("not a valid log filter ({err})"))?;
+    for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        if !directive.contains('=')
+            && directive
+                .parse::<tracing_subscriber::filter::LevelFilter>()
+                .is_err()
+        {
+            return Err(format!(
+                "`{directive}` is not a level (trace, debug, info, warn, error, off); write a target as `{directive}=LEVEL`"
+            ));
+        }
+    }
+    Ok(())
 }
 
 struct Env<'a> {
@@ -284,8 +300,13 @@ mod tests {
         assert_eq!(blank.log_filter, "info");
         let chosen = settings(&[("RUST_LOG", " warn,terrapod_poller=debug ")]).unwrap();
         assert_eq!(chosen.log_filter, "warn,terrapod_poller=debug");
-        let err = settings(&[("RUST_LOG", "info,terrapod_poller=loud")]).unwrap_err();
-        assert_eq!(err.variable, "RUST_LOG");
+        for bad in ["info,terrapod_poller=loud", "debgu", "info,warning"] {
+            let err = settings(&[("RUST_LOG", bad)]).unwrap_err();
+            assert_eq!(err.variable, "RUST_LOG", "{bad}");
+        }
+        for good in ["DEBUG", "warn,terrapod_api::http=off", "info,[poll]=debug"] {
+            assert!(settings(&[("RUST_LOG", good)]).is_ok(), "{good}");
+        }
     }
 
     #[test]

@@ -108,6 +108,11 @@ pub async fn matching_workspaces(
         .filter(vcs_connections::provider.eq(provider))
         .filter(vcs_connections::status.eq(ConnectionStatus::Active))
         .filter(workspaces::vcs_repo_path.eq(delivery.repository.to_ascii_lowercase()))
+        // Repeats the partial index's predicate as text: the API's generic plans cannot
+        // prove it from a bound value, and would scan every workspace without it.
+        .filter(crate::resources::FixedCondition(
+            "workspaces.vcs_repo_path <> ''".into(),
+        ))
         .select(workspaces::id)
         .into_boxed();
     if let Some(installation) = delivery.installation_id {

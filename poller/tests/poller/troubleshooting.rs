@@ -9,7 +9,7 @@ use terrapod_poller::poll::PollProblem;
 use terrapod_shared::domain::Provider;
 use terrapod_shared::vcs::archive::ArchiveError;
 use terrapod_shared::vcs::budget::BudgetError;
-use terrapod_shared::vcs::VcsError;
+use terrapod_shared::vcs::{CredentialProblem, VcsError};
 
 const README: &str = include_str!("../../../README.md");
 
@@ -41,14 +41,21 @@ fn kind(error: &VcsError) -> &'static str {
             ArchiveError::Corrupt(_) => "corrupt",
             ArchiveError::RefusedBefore(_) => "refused-before",
         },
-        VcsError::Credentials(_) => "credentials",
+        VcsError::Credentials(problem) => match problem {
+            CredentialProblem::Missing => "no-credentials",
+            CredentialProblem::NoEncryptionKey => "no-encryption-key",
+            CredentialProblem::Undecryptable => "undecryptable",
+            CredentialProblem::GitHubIdsMissing => "github-ids-missing",
+            CredentialProblem::NotAnRsaPemKey => "not-rsa-pem",
+            CredentialProblem::CannotSign => "cannot-sign",
+        },
         VcsError::Budget(_) => "budget",
         // Never stored: the poll records nothing when the process stops.
         VcsError::Interrupted => "interrupted",
     }
 }
 
-const KINDS_STORED: usize = 14;
+const KINDS_STORED: usize = 19;
 
 /// One example of each stored kind (several where the code words a kind several
 /// ways), with the parts of its message that vary.
@@ -59,7 +66,16 @@ fn provider_examples() -> Vec<(VcsError, Vec<&'static str>)> {
         provider,
         what: what.to_owned(),
     };
-    vec![
+    let credentials = [
+        CredentialProblem::Missing,
+        CredentialProblem::NoEncryptionKey,
+        CredentialProblem::Undecryptable,
+        CredentialProblem::GitHubIdsMissing,
+        CredentialProblem::NotAnRsaPemKey,
+        CredentialProblem::CannotSign,
+    ]
+    .map(|problem| (VcsError::Credentials(problem), vec![]));
+    let mut examples = vec![
         (
             VcsError::Unauthorized {
                 provider: gh,
@@ -140,32 +156,6 @@ fn provider_examples() -> Vec<(VcsError, Vec<&'static str>)> {
             vec!["100"],
         ),
         (
-            VcsError::Credentials(
-                "the credential cannot be decrypted with TERRAPOD_ENCRYPTION__KEY".into(),
-            ),
-            vec![],
-        ),
-        (
-            VcsError::Credentials("TERRAPOD_ENCRYPTION__KEY is not set".into()),
-            vec![],
-        ),
-        (
-            VcsError::Credentials("the connection has no credentials".into()),
-            vec![],
-        ),
-        (
-            VcsError::Credentials("the GitHub App private key is not an RSA PEM key".into()),
-            vec![],
-        ),
-        (
-            VcsError::Credentials("the GitHub App private key cannot sign a JWT".into()),
-            vec![],
-        ),
-        (
-            VcsError::Credentials("the GitHub App id or installation id is missing".into()),
-            vec![],
-        ),
-        (
             VcsError::Budget(BudgetError::Unavailable("connection refused".into()).to_string()),
             vec!["connection refused"],
         ),
@@ -180,7 +170,9 @@ fn provider_examples() -> Vec<(VcsError, Vec<&'static str>)> {
             ),
             vec!["github", "30", "45"],
         ),
-    ]
+    ];
+    examples.extend(credentials);
+    examples
 }
 
 /// The fixed parts of `message`: what remains between the varying parts.

@@ -117,8 +117,9 @@ pub async fn check_schema(conn: &mut AsyncPgConnection) -> Result<(), DbSetupErr
             .await
         {
             Ok(applied) => applied,
+            // Only a missing table: a permission error is an error, not a migration to run.
             Err(diesel::result::Error::DatabaseError(_, info))
-                if info.message().contains("__diesel_schema_migrations") =>
+                if info.message() == "relation \"__diesel_schema_migrations\" does not exist" =>
             {
                 return Err(NotMigrated::NoSchema.into())
             }

@@ -31,13 +31,31 @@ pub enum VcsError {
     #[error("repository archive refused: {0}")]
     Archive(#[from] ArchiveError),
     #[error("the connection's credentials are unusable: {0}")]
-    Credentials(String),
+    Credentials(CredentialProblem),
     /// The shared request budget had no room in time, or could not be consulted.
     #[error("{0}")]
     Budget(String),
     /// The process is shutting down: the request was not sent (nothing to record).
     #[error("the poller is shutting down")]
     Interrupted,
+}
+
+/// Why a connection's stored credentials cannot be used (each has its row in the
+/// README's troubleshooting table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CredentialProblem {
+    #[error("the connection has no credentials")]
+    Missing,
+    #[error("TERRAPOD_ENCRYPTION__KEY is not set")]
+    NoEncryptionKey,
+    #[error("the credential cannot be decrypted with TERRAPOD_ENCRYPTION__KEY")]
+    Undecryptable,
+    #[error("the GitHub App id or installation id is missing")]
+    GitHubIdsMissing,
+    #[error("the GitHub App private key is not an RSA PEM key")]
+    NotAnRsaPemKey,
+    #[error("the GitHub App private key cannot sign a JWT")]
+    CannotSign,
 }
 
 fn retry_hint(after: Option<Duration>) -> String {

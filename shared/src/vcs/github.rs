@@ -26,6 +26,7 @@ use super::{
 };
 use crate::domain::{CommitSha, Provider};
 use crate::triggers::ChangedFiles;
+use crate::vcs::CredentialProblem;
 
 const PROVIDER: Provider = Provider::GitHub;
 /// What every request to GitHub carries.
@@ -223,10 +224,8 @@ impl GitHubClient {
         private_key: &SecretString,
         priority: Priority,
     ) -> Result<Self, VcsError> {
-        let key =
-            EncodingKey::from_rsa_pem(private_key.expose_secret().as_bytes()).map_err(|_| {
-                VcsError::Credentials("the GitHub App private key is not an RSA PEM key".into())
-            })?;
+        let key = EncodingKey::from_rsa_pem(private_key.expose_secret().as_bytes())
+            .map_err(|_| VcsError::Credentials(CredentialProblem::NotAnRsaPemKey))?;
         let server = server_url.trim_end_matches('/').to_owned();
         let origin = origin_of(&server);
         Ok(GitHubClient {
@@ -260,7 +259,7 @@ impl GitHubClient {
             &AppClaims::new(self.app_id, unix_now()),
             &self.key,
         )
-        .map_err(|_| VcsError::Credentials("the GitHub App private key cannot sign a JWT".into()))
+        .map_err(|_| VcsError::Credentials(CredentialProblem::CannotSign))
     }
 
     async fn mint_token(&self) -> Result<SecretString, VcsError> {

@@ -17,7 +17,7 @@ use secrecy::SecretString;
 
 pub use archive::{ArchiveError, ArchiveLimits, Repacked};
 pub use budget::Priority;
-pub use error::VcsError;
+pub use error::{CredentialProblem, VcsError};
 pub use repo_url::RepoUrl;
 
 use crate::crypto::KeyRing;
@@ -153,9 +153,7 @@ impl ProviderClient {
                 let (Some(app_id), Some(installation_id)) =
                     (connection.github_app_id, connection.github_installation_id)
                 else {
-                    return Err(VcsError::Credentials(
-                        "the GitHub App id or installation id is missing".into(),
-                    ));
+                    return Err(VcsError::Credentials(CredentialProblem::GitHubIdsMissing));
                 };
                 Ok(ProviderClient::GitHub(github::GitHubClient::new(
                     shared.clone(),
@@ -183,14 +181,10 @@ fn decrypt_credential(
     let ciphertext = connection
         .encrypted_credential
         .as_deref()
-        .ok_or_else(|| VcsError::Credentials("the connection has no credentials".into()))?;
-    let keys =
-        keys.ok_or_else(|| VcsError::Credentials("TERRAPOD_ENCRYPTION__KEY is not set".into()))?;
-    keys.decrypt(ciphertext).map_err(|_| {
-        VcsError::Credentials(
-            "the credential cannot be decrypted with TERRAPOD_ENCRYPTION__KEY".into(),
-        )
-    })
+        .ok_or(VcsError::Credentials(CredentialProblem::Missing))?;
+    let keys = keys.ok_or(VcsError::Credentials(CredentialProblem::NoEncryptionKey))?;
+    keys.decrypt(ciphertext)
+        .map_err(|_| VcsError::Credentials(CredentialProblem::Undecryptable))
 }
 
 macro_rules! dispatch {

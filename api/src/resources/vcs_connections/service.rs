@@ -349,14 +349,13 @@ pub async fn update(
         updated_at: Some(Utc::now()),
     };
     // A change of how (or whether) the provider is reached supersedes the polls in
-    // flight for the connection's workspaces: they record nothing.
-    let reach_changed = changes
+    // flight for the connection's workspaces: they record nothing. (A status change is
+    // judged under the row's lock, below.)
+    let new_status = changes.status;
+    let reach_changed_but_status = changes
         .server_url
         .as_ref()
         .is_some_and(|url| *url != existing.server_url)
-        || changes
-            .status
-            .is_some_and(|status| status != existing.status)
         || changes.encrypted_credential.is_some()
         || changes
             .github_app_id
@@ -365,6 +364,16 @@ pub async fn update(
             .github_installation_id
             .is_some_and(|id| id != existing.github_installation_id);
     conn.transaction::<_, ApiError, _>(async |conn| {
+        // The status this change replaces, read under the row's lock: of two PATCHes
+        // racing (disable, re-enable), the one that re-enables knows it does.
+        let status_before: ConnectionStatus = vcs_connections::table
+            .find(&existing.id)
+            .select(vcs_connections::status)
+            .for_update()
+            .first(conn)
+            .await
+            .optional()?
+            .ok_or_else(|| ApiError::not_found("VCS connection", existing.id.as_str()))?;
         // Only if the server is still the one this request judged: a concurrent PATCH
         // of `server-url` must not end up with this request's credential.
         let updated = diesel::update(vcs_connections::table.find(&existing.id))
@@ -380,24 +389,27 @@ pub async fn update(
                     "the connection's server-url changed while this request ran; read it again and retry".into(),
                 )
             })?;
+        let reach_changed = reach_changed_but_status
+            || new_status.is_some_and(|status| status != status_before);
         if reach_changed {
             supersede_polls(conn, &existing.id).await?;
         }
         let linked = workspaces::table.filter(workspaces::vcs_connection_id.eq(&existing.id));
-        let re_enabled = existing.status != ConnectionStatus::Active
-            && updated.status == ConnectionStatus::Active;
-        let to_poll = if re_enabled {
+        let re_enabled =
+            status_before != ConnectionStatus::Active && updated.status == ConnectionStatus::Active;
+        if re_enabled {
             // The errors said why the connection could not be used; it can again, and
             // the polls queued now record what is true today.
-            diesel::update(linked)
+            diesel::update(linked.filter(workspaces::vcs_last_error.is_not_null()))
                 .set((
                     workspaces::vcs_last_error.eq(None::<String>),
                     workspaces::vcs_last_error_at.eq(None::<chrono::DateTime<Utc>>),
                 ))
-                .returning(workspaces::id)
-                .get_results(conn)
-                .await?
-        } else if reach_changed && updated.status == ConnectionStatus::Active {
+                .execute(conn)
+                .await?;
+        }
+        let active = updated.status == ConnectionStatus::Active;
+        let to_poll = if re_enabled || (reach_changed && active) {
             linked.select(workspaces::id).load(conn).await?
         } else {
             Vec::new()
