@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use secrecy::{ExposeSecret, SecretString};
@@ -28,8 +28,6 @@ pub enum CommandError {
     NoEncryptionKey,
     #[error("cannot serve: {0}")]
     Io(#[from] std::io::Error),
-    #[error("no database connection: {0}")]
-    Pool(#[from] db::PoolError),
 }
 
 /// Until PostgreSQL answers, retries `connect` with capped exponential backoff (250 ms
@@ -47,23 +45,14 @@ where
 {
     let mut attempt = 0u32;
     connect
-        .retry(
-            ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(250))
-                .with_max_delay(Duration::from_secs(10))
-                .with_max_times(attempts.saturating_sub(1)),
-        )
+        .retry(db::retry_delays().with_max_times(attempts.saturating_sub(1)))
         .when(|err: &db::DbSetupError| {
-            err.is_transient() || (wait_for_migrate && matches!(err, db::DbSetupError::NotMigrated(_)))
+            err.is_transient()
+                || (wait_for_migrate && matches!(err, db::DbSetupError::NotMigrated(_)))
         })
         .notify(|err: &db::DbSetupError, delay: Duration| {
             attempt += 1;
-            let retry_in_ms = delay.as_millis() as u64;
-            if matches!(err, db::DbSetupError::NotMigrated(_)) {
-                tracing::warn!(attempt, error = %err, retry_in_ms, "waiting for `terrapod-api migrate`");
-            } else {
-                tracing::warn!(attempt, error = %err, retry_in_ms, "cannot reach PostgreSQL yet");
-            }
+            err.log_retry(attempt, delay);
         })
         .await
 }

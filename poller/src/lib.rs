@@ -22,7 +22,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use backon::BackoffBuilder;
 use secrecy::ExposeSecret;
 use terrapod_shared::db;
 use terrapod_shared::domain::Provider;
@@ -95,11 +95,7 @@ pub async fn wait_for_database(
     shutdown: &mut watch::Receiver<bool>,
     wait_for_migrate: bool,
 ) -> Result<bool, db::DbSetupError> {
-    let mut delays = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(250))
-        .with_max_delay(Duration::from_secs(10))
-        .without_max_times()
-        .build();
+    let mut delays = db::retry_delays().without_max_times().build();
     let url = ctx.settings.database_url.expose_secret().to_owned();
     let mut attempt = 1u32;
     loop {
@@ -111,14 +107,10 @@ pub async fn wait_for_database(
             _ = shutdown.wait_for(|stop| *stop) => return Ok(false),
         };
         let delay = delays.next().unwrap_or(Duration::from_secs(10));
-        let retry_in_ms = delay.as_millis() as u64;
-        match &err {
-            db::DbSetupError::NotMigrated(_) if !wait_for_migrate => return Err(err),
-            db::DbSetupError::NotMigrated(_) => {
-                tracing::warn!(attempt, error = %err, retry_in_ms, "waiting for `terrapod-api migrate`")
-            }
-            _ => tracing::warn!(attempt, error = %err, retry_in_ms, "cannot reach PostgreSQL yet"),
+        if matches!(err, db::DbSetupError::NotMigrated(_)) && !wait_for_migrate {
+            return Err(err);
         }
+        err.log_retry(attempt, delay);
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = shutdown.wait_for(|stop| *stop) => return Ok(false),

@@ -10,7 +10,6 @@ pub mod workspaces;
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 
-/// The constraint a unique violation tripped, if that is what `err` is.
 /// A condition written into the statement as SQL text the program chose (never text
 /// from a request), for where a plan must see a value rather than a bind parameter:
 /// the API's sessions use generic plans (`db::api_pool`). The statement stays prepared
@@ -45,6 +44,7 @@ impl diesel::expression::ValidGrouping<()> for FixedCondition {
 
 impl<QS> diesel::AppearsOnTable<QS> for FixedCondition {}
 
+/// The constraint a unique violation tripped, if that is what `err` is.
 pub(crate) fn unique_violation(err: &DieselError) -> Option<&str> {
     match err {
         DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => {

@@ -66,6 +66,16 @@ impl DbSetupError {
         )
     }
 
+    /// Logs a failed attempt to reach a usable database, before waiting `delay`.
+    pub fn log_retry(&self, attempt: u32, delay: Duration) {
+        let retry_in_ms = delay.as_millis() as u64;
+        if matches!(self, DbSetupError::NotMigrated(_)) {
+            tracing::warn!(attempt, error = %self, retry_in_ms, "waiting for `terrapod-api migrate`");
+        } else {
+            tracing::warn!(attempt, error = %self, retry_in_ms, "cannot reach PostgreSQL yet");
+        }
+    }
+
     /// A connection refused because its database does not exist (SQLSTATE 3D000) is a
     /// missing migration, not an outage.
     pub fn from_connect(err: ConnectionError, database_url: &str) -> DbSetupError {
@@ -86,6 +96,13 @@ pub fn missing_database(error: &str, database_url: &str) -> Option<NotMigrated> 
     error
         .contains(&format!("database \"{name}\" does not exist"))
         .then_some(NotMigrated::NoDatabase(name))
+}
+
+/// The delays between attempts to reach the database at start: 250 ms doubling to 10 s.
+pub fn retry_delays() -> backon::ExponentialBuilder {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(Duration::from_secs(10))
 }
 
 /// A pooled connection to a database that `terrapod-api migrate` has prepared.
