@@ -1,5 +1,6 @@
 //! API throughput with a real load generator (wrk, 64 connections): a workspace's run
 //! list (page of 20 of 1,000 runs) and a workspace, against a release `terrapod-api`.
+//! `api-throughput [SECONDS] [ROUTE]`: ROUTE keeps the routes whose label contains it.
 
 use std::process::Command;
 use std::time::Duration;
@@ -40,6 +41,8 @@ async fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(15);
+    // A second argument keeps only the routes whose label contains it (to profile one).
+    let only = std::env::args().nth(2).unwrap_or_default();
     let db = TestDatabase::new().await;
     let vhost = TestVhost::new();
     let pool = db::pool(db.url(), "bench", 4).unwrap();
@@ -140,7 +143,10 @@ async fn main() {
             "GET /workspaces/{id}",
             format!("{base}/workspaces/{workspace}"),
         ),
-    ] {
+    ]
+    .into_iter()
+    .filter(|(label, _)| label.contains(only.as_str()))
+    {
         let (api_before, postgres_before) = (api.cpu_seconds(), postgres_cpu_seconds());
         let (rps, p99) = wrk(&url, &token, seconds);
         let requests = rps * seconds as f64;
