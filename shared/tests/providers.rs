@@ -793,6 +793,81 @@ async fn same_origin_redirects_keep_the_credential() {
         .unwrap();
 }
 
+#[tokio::test]
+async fn writes_follow_307_and_308_on_their_origin_only() {
+    let (sim, github) = github_world().await;
+    let sha = sim.create_repo(Kind::Github, "acme/infra", &[("main.tf", "")]);
+    let repo = github_repo("acme/infra");
+    // GitHub answers a write to a renamed repository with 307: the same request,
+    // body and credential included, goes again to the new address.
+    sim.inject_fault(Fault {
+        method: Some("POST".into()),
+        redirect_to: Some(format!("{}/repos/acme/infra/check-runs", sim.url())),
+        redirect_status: Some(307),
+        ..Fault::matching("/check-runs")
+    });
+    let create = serde_json::json!({
+        "name": "terrapod/infra", "head_sha": sha, "status": "queued", "external_id": "run-1"
+    });
+    let id = github.create_check_run(&repo, &create).await.unwrap();
+    sim.inject_fault(Fault {
+        method: Some("PATCH".into()),
+        redirect_to: Some(format!("{}/repos/acme/infra/check-runs/{id}", sim.url())),
+        redirect_status: Some(308),
+        ..Fault::matching("/check-runs/")
+    });
+    let done = serde_json::json!({"status": "completed", "conclusion": "success"});
+    github.update_check_run(&repo, id, &done).await.unwrap();
+    let checks = sim.check_runs("acme/infra");
+    assert_eq!(checks.len(), 1, "{checks:?}");
+    assert_eq!(
+        (checks[0].name.as_str(), checks[0].head_sha.as_str()),
+        ("terrapod/infra", sha.as_str())
+    );
+    assert_eq!(checks[0].conclusion.as_deref(), Some("success"));
+    // A 302 would turn the write into a GET: it is not followed, and nothing is made.
+    sim.inject_fault(Fault {
+        method: Some("POST".into()),
+        redirect_to: Some(format!("{}/repos/acme/infra/check-runs", sim.url())),
+        ..Fault::matching("/check-runs")
+    });
+    assert!(github.create_check_run(&repo, &create).await.is_err());
+    // A 307 to another origin is refused: the body and token never leave.
+    let elsewhere = HeaderTrap::start("application/json", b"{}".to_vec()).await;
+    sim.inject_fault(Fault {
+        method: Some("POST".into()),
+        redirect_to: Some(format!("{}/check-runs", elsewhere.url())),
+        redirect_status: Some(307),
+        ..Fault::matching("/check-runs")
+    });
+    let err = github.create_check_run(&repo, &create).await.unwrap_err();
+    assert!(err.to_string().contains("another origin"), "{err}");
+    assert!(elsewhere.heads().is_empty());
+    assert_eq!(sim.check_runs("acme/infra").len(), 1);
+    // GitLab's commit statuses likewise.
+    let (sim, gitlab) = gitlab_world().await;
+    let sha = sim.create_repo(Kind::Gitlab, "platform/core", &[("main.tf", "x")]);
+    let project = urlencoding_path("platform/core");
+    sim.inject_fault(Fault {
+        method: Some("POST".into()),
+        redirect_to: Some(format!(
+            "{}/api/v4/projects/{project}/statuses/{sha}",
+            sim.url()
+        )),
+        redirect_status: Some(308),
+        ..Fault::matching("/statuses/")
+    });
+    gitlab
+        .set_commit_status(
+            &gitlab_repo("platform/core"),
+            &terrapod_shared::domain::CommitSha::parse(&sha).unwrap(),
+            &serde_json::json!({"state": "running", "name": "terrapod/core"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(sim.commit_statuses("platform/core").len(), 1);
+}
+
 fn urlencoding_path(path: &str) -> String {
     path.replace('/', "%2F")
 }

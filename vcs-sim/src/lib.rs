@@ -335,6 +335,7 @@ impl Fault {
             retry_after: None,
             latency_ms: None,
             redirect_to: None,
+            redirect_status: None,
             link_next: None,
             answer_lost: false,
             count: 1,

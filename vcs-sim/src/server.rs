@@ -93,7 +93,12 @@ pub async fn dispatch(req: HttpRequest, body: web::Bytes, ctx: web::Data<Context
             return injected(kind, fault, status, &ctx);
         }
         if let Some(location) = &fault.redirect_to {
-            return HttpResponse::Found()
+            let status = fault
+                .redirect_status
+                .and_then(|status| StatusCode::from_u16(status).ok())
+                .filter(StatusCode::is_redirection)
+                .unwrap_or(StatusCode::FOUND);
+            return HttpResponse::build(status)
                 .insert_header(("Location", location.as_str()))
                 .finish();
         }

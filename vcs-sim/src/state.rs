@@ -134,9 +134,14 @@ pub struct Fault {
     pub retry_after: Option<u64>,
     #[serde(default)]
     pub latency_ms: Option<u64>,
-    /// Answer `302 Found` with this `Location` instead (a redirect to wherever).
+    /// Answer `302 Found` (or `redirect_status`) with this `Location` instead (a
+    /// redirect to wherever).
     #[serde(default)]
     pub redirect_to: Option<String>,
+    /// The redirect's status: 301, 307 (GitHub's answer to a write to a renamed
+    /// repository), 308, …
+    #[serde(default)]
+    pub redirect_status: Option<u16>,
     /// Answer normally, with `Link: <this>; rel="next"` (a page elsewhere).
     #[serde(default)]
     pub link_next: Option<String>,

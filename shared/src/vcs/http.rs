@@ -324,8 +324,10 @@ impl VcsHttp {
         })
     }
 
-    /// Sends one attempt of `request`, following redirects hop by hop (GET and HEAD
-    /// only; credentials only on the endpoint's origin).
+    /// Sends one attempt of `request`, following redirects hop by hop (credentials
+    /// only on the endpoint's origin). Reads follow every redirect; writes only 307 and
+    /// 308, which keep the method and body (GitHub answers writes to a renamed
+    /// repository so), and never off the endpoint's origin.
     async fn execute(
         &self,
         endpoint: &Endpoint,
@@ -341,8 +343,12 @@ impl VcsHttp {
                 Ok(response) => response,
                 Err(err) => return Ok(Err(err)),
             };
-            let redirect = matches!(response.status().as_u16(), 301 | 302 | 303 | 307 | 308)
-                && matches!(request.method, Method::GET | Method::HEAD);
+            let reads = matches!(request.method, Method::GET | Method::HEAD);
+            let redirect = match response.status().as_u16() {
+                301..=303 => reads,
+                307 | 308 => true,
+                _ => false,
+            };
             let location = response
                 .headers()
                 .get(LOCATION)
@@ -358,7 +364,8 @@ impl VcsHttp {
                     if url.scheme() == "https" && next.scheme() == "http" {
                         return Err(invalid("a redirect from https to http was refused".into()));
                     }
-                    if next.origin() != endpoint.origin && !request.redirects_off_origin {
+                    if next.origin() != endpoint.origin && !(reads && request.redirects_off_origin)
+                    {
                         return Err(invalid("a redirect to another origin was refused".into()));
                     }
                     url = next;
