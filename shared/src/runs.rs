@@ -23,6 +23,11 @@ use crate::lifecycle::{self, Mover, Refusal, RunState};
 /// Titles are for people; an absurdly long one is cut rather than stored whole.
 const MAX_TITLE_CHARS: usize = 200;
 
+/// Ingress attributes are kept with every configuration version and served as they
+/// are: what the provider sent (a commit title, a PR title, a user name) is cut here.
+const MAX_INGRESS_TEXT_CHARS: usize = 1_000;
+const MAX_SENDER_CHARS: usize = 255;
+
 /// Why the run is created.
 pub enum VcsTrigger {
     /// A new head on the tracked branch. `previous_sha` is the workspace's
@@ -96,7 +101,7 @@ pub fn ingress_attributes(
     serde_json::json!({
         "branch": branch,
         "clone-url": format!("{repo}.git"),
-        "commit-message": message,
+        "commit-message": message.map(|text| truncate_to(text, MAX_INGRESS_TEXT_CHARS)),
         "commit-sha": sha,
         "commit-url": format!("{repo}/{section}commit/{sha}"),
         "compare-url": ingress.compare_base.map(|base| format!("{repo}/{section}compare/{base}...{sha}")),
@@ -104,11 +109,25 @@ pub fn ingress_attributes(
         "is-pull-request": pull_request.is_some(),
         "on-default-branch": ingress.on_default_branch && pull_request.is_none() && tag.is_none(),
         "pull-request-number": pull_request.map(|(number, _)| number),
-        "pull-request-title": pull_request.map(|(_, title)| title),
-        "pull-request-url": ingress.pull_request_url.filter(|_| pull_request.is_some()),
-        "sender-username": ingress.sender,
+        "pull-request-title": pull_request.map(|(_, title)| truncate_to(title, MAX_INGRESS_TEXT_CHARS)),
+        "pull-request-url": pull_request.map(|(number, _)| pull_request_page(ingress, &repo, number)),
+        "sender-username": ingress.sender.map(|sender| truncate_to(sender, MAX_SENDER_CHARS)),
         "tag": tag,
     })
+}
+
+/// The provider's link to the pull request when it is a page of this repository (a
+/// client may render it as a link); otherwise the one the provider would give.
+fn pull_request_page(ingress: &Ingress<'_>, repo: &str, number: i64) -> String {
+    match ingress.pull_request_url {
+        Some(url) if url.starts_with(&format!("{repo}/")) && !url.contains(char::is_whitespace) => {
+            url.to_owned()
+        }
+        _ => match ingress.provider {
+            Provider::GitHub => format!("{repo}/pull/{number}"),
+            Provider::GitLab => format!("{repo}/-/merge_requests/{number}"),
+        },
+    }
 }
 
 pub struct NewVcsRun<'a> {
@@ -567,5 +586,66 @@ mod tests {
         let message = run_message(&sha(), &trigger);
         assert!(message.starts_with("Speculative plan for PR #42: xxx"));
         assert!(message.chars().count() < 240);
+    }
+
+    #[test]
+    fn ingress_attributes_are_bounded_and_link_only_to_the_repository() {
+        let sender = "s".repeat(10_000);
+        let ingress = |provider, pull_request_url| Ingress {
+            provider,
+            identifier: "acme/infra",
+            web_base: "https://git.example.com/",
+            on_default_branch: false,
+            sender: Some(sender.as_str()),
+            pull_request_url,
+            compare_base: None,
+        };
+        let trigger = VcsTrigger::PullRequest {
+            number: 7,
+            head_ref: "feature".into(),
+            title: "t".repeat(100_000),
+        };
+        let own = "https://git.example.com/acme/infra/pull/7";
+        for (provider, given, expected) in [
+            (Provider::GitHub, Some(own), own),
+            (Provider::GitHub, None, own),
+            (Provider::GitHub, Some("javascript:alert(1)"), own),
+            (
+                Provider::GitHub,
+                Some("https://git.example.com/acme/infra-evil/pull/7"),
+                own,
+            ),
+            (
+                Provider::GitHub,
+                Some("https://git.example.com/acme/infra/pull/7 x"),
+                own,
+            ),
+            (
+                Provider::GitLab,
+                Some("https://elsewhere.example/acme/infra/-/merge_requests/7"),
+                "https://git.example.com/acme/infra/-/merge_requests/7",
+            ),
+        ] {
+            let attributes = ingress_attributes(&ingress(provider, given), &sha(), &trigger);
+            assert_eq!(attributes["pull-request-url"], expected, "{given:?}");
+            let chars = |key: &str| attributes[key].as_str().unwrap().chars().count();
+            assert_eq!(chars("pull-request-title"), MAX_INGRESS_TEXT_CHARS);
+            assert_eq!(chars("sender-username"), MAX_SENDER_CHARS);
+        }
+        let push = VcsTrigger::Push {
+            branch: BranchName::parse("main").unwrap(),
+            commit_title: Some("m".repeat(100_000)),
+            previous_sha: None,
+        };
+        let attributes = ingress_attributes(&ingress(Provider::GitHub, None), &sha(), &push);
+        assert_eq!(
+            attributes["commit-message"]
+                .as_str()
+                .unwrap()
+                .chars()
+                .count(),
+            MAX_INGRESS_TEXT_CHARS
+        );
+        assert_eq!(attributes["pull-request-url"], serde_json::Value::Null);
     }
 }
