@@ -430,7 +430,6 @@ fn usable_connection(
 #[derive(Default)]
 struct Origin<'a> {
     sender: Option<&'a str>,
-    pull_request_url: Option<&'a str>,
     compare_base: Option<&'a str>,
 }
 
@@ -592,7 +591,6 @@ impl<'a> Target<'a> {
                 web_base: &self.web_base,
                 on_default_branch,
                 sender: origin.sender,
-                pull_request_url: origin.pull_request_url,
                 compare_base: origin.compare_base,
             },
         };
@@ -672,7 +670,6 @@ impl<'a> Target<'a> {
                 };
                 let origin = Origin {
                     sender: head.author.as_deref(),
-                    pull_request_url: None,
                     compare_base: self.workspace.vcs_last_commit_sha.as_deref(),
                 };
                 report.runs_created += self
@@ -936,7 +933,6 @@ impl<'a> Target<'a> {
             };
             let origin = Origin {
                 sender: pull.author.as_deref(),
-                pull_request_url: pull.url.as_deref(),
                 compare_base: Some(base_branch),
             };
             report.runs_created += self

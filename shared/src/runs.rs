@@ -26,7 +26,8 @@ const MAX_TITLE_CHARS: usize = 200;
 /// Ingress attributes are kept with every configuration version and served as they
 /// are: what the provider sent (a commit title, a PR title, a user name) is cut here.
 const MAX_INGRESS_TEXT_CHARS: usize = 1_000;
-const MAX_SENDER_CHARS: usize = 255;
+/// User names, and the branch and tag names no [`BranchName`] checked (a PR's head, a tag).
+const MAX_NAME_CHARS: usize = 255;
 
 /// Why the run is created.
 pub enum VcsTrigger {
@@ -58,7 +59,6 @@ pub struct Ingress<'a> {
     pub on_default_branch: bool,
     /// Who pushed the commit or opened the pull request.
     pub sender: Option<&'a str>,
-    pub pull_request_url: Option<&'a str>,
     /// What the commit is compared with: a push's previous head, a PR's base branch.
     pub compare_base: Option<&'a str>,
 }
@@ -99,7 +99,7 @@ pub fn ingress_attributes(
         VcsTrigger::Tag { name } => (None, None, None, Some(name.as_str())),
     };
     serde_json::json!({
-        "branch": branch,
+        "branch": branch.map(|name| truncate_to(name, MAX_NAME_CHARS)),
         "clone-url": format!("{repo}.git"),
         "commit-message": message.map(|text| truncate_to(text, MAX_INGRESS_TEXT_CHARS)),
         "commit-sha": sha,
@@ -110,24 +110,15 @@ pub fn ingress_attributes(
         "on-default-branch": ingress.on_default_branch && pull_request.is_none() && tag.is_none(),
         "pull-request-number": pull_request.map(|(number, _)| number),
         "pull-request-title": pull_request.map(|(_, title)| truncate_to(title, MAX_INGRESS_TEXT_CHARS)),
-        "pull-request-url": pull_request.map(|(number, _)| pull_request_page(ingress, &repo, number)),
-        "sender-username": ingress.sender.map(|sender| truncate_to(sender, MAX_SENDER_CHARS)),
-        "tag": tag,
-    })
-}
-
-/// The provider's link to the pull request when it is a page of this repository (a
-/// client may render it as a link); otherwise the one the provider would give.
-fn pull_request_page(ingress: &Ingress<'_>, repo: &str, number: i64) -> String {
-    match ingress.pull_request_url {
-        Some(url) if url.starts_with(&format!("{repo}/")) && !url.contains(char::is_whitespace) => {
-            url.to_owned()
-        }
-        _ => match ingress.provider {
+        // Built, like every link here: the provider's own link is not trusted to point
+        // at the repository (a client may render it).
+        "pull-request-url": pull_request.map(|(number, _)| match ingress.provider {
             Provider::GitHub => format!("{repo}/pull/{number}"),
             Provider::GitLab => format!("{repo}/-/merge_requests/{number}"),
-        },
-    }
+        }),
+        "sender-username": ingress.sender.map(|sender| truncate_to(sender, MAX_NAME_CHARS)),
+        "tag": tag.map(|name| truncate_to(name, MAX_NAME_CHARS)),
+    })
 }
 
 pub struct NewVcsRun<'a> {
@@ -230,13 +221,13 @@ fn truncate(text: &str) -> String {
     truncate_to(text, MAX_TITLE_CHARS)
 }
 
+/// At most `max_chars` characters, the last an ellipsis when cut; reads no further
+/// than it keeps (a provider's answer may hold megabytes).
 fn truncate_to(text: &str, max_chars: usize) -> String {
-    if text.chars().count() <= max_chars {
-        text.to_owned()
-    } else {
-        let mut cut: String = text.chars().take(max_chars - 1).collect();
-        cut.push('…');
-        cut
+    match text.char_indices().nth(max_chars - 1) {
+        // More than `max_chars` when at least two characters follow the first kept ones.
+        Some((end, _)) if text[end..].chars().nth(1).is_some() => format!("{}…", &text[..end]),
+        _ => text.to_owned(),
     }
 }
 
@@ -314,14 +305,14 @@ async fn record(conn: &mut AsyncPgConnection, new: &NewVcsRun<'_>) -> Result<Run
                 .await
                 .optional()?
                 .ok_or(Abort::Superseded)?;
-            tag = Some(name.clone());
+            tag = Some(truncate_to(name, MAX_NAME_CHARS));
             (String::new(), None, false, TriggerReason::Tag, auto_apply)
         }
         // Speculative plans never apply.
         VcsTrigger::PullRequest {
             number, head_ref, ..
         } => (
-            head_ref.clone(),
+            truncate_to(head_ref, MAX_NAME_CHARS),
             Some(*number),
             true,
             TriggerReason::PullRequest,
@@ -589,55 +580,53 @@ mod tests {
     }
 
     #[test]
-    fn ingress_attributes_are_bounded_and_link_only_to_the_repository() {
+    fn texts_are_cut_to_their_bound_with_an_ellipsis() {
+        assert_eq!(truncate_to("abc", 3), "abc");
+        assert_eq!(truncate_to("abcd", 3), "ab…");
+        assert_eq!(truncate_to("ééé", 3), "ééé");
+        assert_eq!(truncate_to("éééé", 3), "éé…");
+        assert_eq!(truncate_to("", 3), "");
+    }
+
+    #[test]
+    fn ingress_attributes_are_bounded_and_links_are_built() {
         let sender = "s".repeat(10_000);
-        let ingress = |provider, pull_request_url| Ingress {
+        let ingress = |provider| Ingress {
             provider,
             identifier: "acme/infra",
             web_base: "https://git.example.com/",
             on_default_branch: false,
             sender: Some(sender.as_str()),
-            pull_request_url,
             compare_base: None,
         };
         let trigger = VcsTrigger::PullRequest {
             number: 7,
-            head_ref: "feature".into(),
+            head_ref: "h".repeat(10_000),
             title: "t".repeat(100_000),
         };
-        let own = "https://git.example.com/acme/infra/pull/7";
-        for (provider, given, expected) in [
-            (Provider::GitHub, Some(own), own),
-            (Provider::GitHub, None, own),
-            (Provider::GitHub, Some("javascript:alert(1)"), own),
+        for (provider, expected) in [
             (
                 Provider::GitHub,
-                Some("https://git.example.com/acme/infra-evil/pull/7"),
-                own,
-            ),
-            (
-                Provider::GitHub,
-                Some("https://git.example.com/acme/infra/pull/7 x"),
-                own,
+                "https://git.example.com/acme/infra/pull/7",
             ),
             (
                 Provider::GitLab,
-                Some("https://elsewhere.example/acme/infra/-/merge_requests/7"),
                 "https://git.example.com/acme/infra/-/merge_requests/7",
             ),
         ] {
-            let attributes = ingress_attributes(&ingress(provider, given), &sha(), &trigger);
-            assert_eq!(attributes["pull-request-url"], expected, "{given:?}");
+            let attributes = ingress_attributes(&ingress(provider), &sha(), &trigger);
+            assert_eq!(attributes["pull-request-url"], expected);
             let chars = |key: &str| attributes[key].as_str().unwrap().chars().count();
             assert_eq!(chars("pull-request-title"), MAX_INGRESS_TEXT_CHARS);
-            assert_eq!(chars("sender-username"), MAX_SENDER_CHARS);
+            assert_eq!(chars("sender-username"), MAX_NAME_CHARS);
+            assert_eq!(chars("branch"), MAX_NAME_CHARS);
         }
         let push = VcsTrigger::Push {
             branch: BranchName::parse("main").unwrap(),
             commit_title: Some("m".repeat(100_000)),
             previous_sha: None,
         };
-        let attributes = ingress_attributes(&ingress(Provider::GitHub, None), &sha(), &push);
+        let attributes = ingress_attributes(&ingress(Provider::GitHub), &sha(), &push);
         assert_eq!(
             attributes["commit-message"]
                 .as_str()
@@ -647,5 +636,13 @@ mod tests {
             MAX_INGRESS_TEXT_CHARS
         );
         assert_eq!(attributes["pull-request-url"], serde_json::Value::Null);
+        let tag = VcsTrigger::Tag {
+            name: "v".repeat(10_000),
+        };
+        let attributes = ingress_attributes(&ingress(Provider::GitHub), &sha(), &tag);
+        assert_eq!(
+            attributes["tag"].as_str().unwrap().chars().count(),
+            MAX_NAME_CHARS
+        );
     }
 }

@@ -797,27 +797,28 @@ async fn same_origin_redirects_keep_the_credential() {
 async fn writes_follow_307_and_308_on_their_origin_only() {
     let (sim, github) = github_world().await;
     let sha = sim.create_repo(Kind::Github, "acme/infra", &[("main.tf", "")]);
-    let repo = github_repo("acme/infra");
-    // GitHub answers a write to a renamed repository with 307: the same request,
-    // body and credential included, goes again to the new address.
+    // The workspace still names the repository by its old name; GitHub answers
+    // writes there with 307 to the new one: the same request, body and credential
+    // included, goes to the new address (the simulator checks the token there).
+    let old_name = github_repo("acme/old-infra");
     sim.inject_fault(Fault {
         method: Some("POST".into()),
         redirect_to: Some(format!("{}/repos/acme/infra/check-runs", sim.url())),
         redirect_status: Some(307),
-        ..Fault::matching("/check-runs")
+        ..Fault::matching("/repos/acme/old-infra/check-runs")
     });
     let create = serde_json::json!({
         "name": "terrapod/infra", "head_sha": sha, "status": "queued", "external_id": "run-1"
     });
-    let id = github.create_check_run(&repo, &create).await.unwrap();
+    let id = github.create_check_run(&old_name, &create).await.unwrap();
     sim.inject_fault(Fault {
         method: Some("PATCH".into()),
         redirect_to: Some(format!("{}/repos/acme/infra/check-runs/{id}", sim.url())),
         redirect_status: Some(308),
-        ..Fault::matching("/check-runs/")
+        ..Fault::matching("/repos/acme/old-infra/check-runs/")
     });
     let done = serde_json::json!({"status": "completed", "conclusion": "success"});
-    github.update_check_run(&repo, id, &done).await.unwrap();
+    github.update_check_run(&old_name, id, &done).await.unwrap();
     let checks = sim.check_runs("acme/infra");
     assert_eq!(checks.len(), 1, "{checks:?}");
     assert_eq!(
@@ -829,9 +830,30 @@ async fn writes_follow_307_and_308_on_their_origin_only() {
     sim.inject_fault(Fault {
         method: Some("POST".into()),
         redirect_to: Some(format!("{}/repos/acme/infra/check-runs", sim.url())),
-        ..Fault::matching("/check-runs")
+        ..Fault::matching("/repos/acme/old-infra/check-runs")
     });
-    assert!(github.create_check_run(&repo, &create).await.is_err());
+    let err = github
+        .create_check_run(&old_name, &create)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, VcsError::Status { status: 302, .. }),
+        "{err:?}"
+    );
+    // Redirects without end stop after ten hops, and nothing is made.
+    sim.inject_fault(Fault {
+        method: Some("POST".into()),
+        redirect_to: Some(format!("{}/repos/acme/old-infra/check-runs", sim.url())),
+        redirect_status: Some(307),
+        count: 20,
+        ..Fault::matching("/repos/acme/old-infra/check-runs")
+    });
+    let err = github
+        .create_check_run(&old_name, &create)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("redirects"), "{err}");
+    sim.clear_faults();
     // A 307 to another origin is refused: the body and token never leave.
     let elsewhere = HeaderTrap::start("application/json", b"{}".to_vec()).await;
     sim.inject_fault(Fault {
@@ -840,7 +862,10 @@ async fn writes_follow_307_and_308_on_their_origin_only() {
         redirect_status: Some(307),
         ..Fault::matching("/check-runs")
     });
-    let err = github.create_check_run(&repo, &create).await.unwrap_err();
+    let err = github
+        .create_check_run(&github_repo("acme/infra"), &create)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("another origin"), "{err}");
     assert!(elsewhere.heads().is_empty());
     assert_eq!(sim.check_runs("acme/infra").len(), 1);
@@ -859,7 +884,7 @@ async fn writes_follow_307_and_308_on_their_origin_only() {
     });
     gitlab
         .set_commit_status(
-            &gitlab_repo("platform/core"),
+            &gitlab_repo("platform/old-core"),
             &terrapod_shared::domain::CommitSha::parse(&sha).unwrap(),
             &serde_json::json!({"state": "running", "name": "terrapod/core"}),
         )

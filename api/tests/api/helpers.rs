@@ -407,7 +407,6 @@ pub fn test_ingress() -> terrapod_shared::runs::Ingress<'static> {
         web_base: "https://github.com",
         on_default_branch: true,
         sender: Some("octocat"),
-        pull_request_url: None,
         compare_base: None,
     }
 }

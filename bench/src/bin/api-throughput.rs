@@ -80,7 +80,6 @@ async fn main() {
                     web_base: "https://github.com",
                     on_default_branch: true,
                     sender: Some("octocat"),
-                    pull_request_url: None,
                     compare_base: None,
                 },
             },

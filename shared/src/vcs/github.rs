@@ -191,7 +191,6 @@ struct Pull {
     title: String,
     #[serde(default)]
     draft: bool,
-    html_url: Option<String>,
     user: Option<User>,
     head: PullRef,
     base: BaseRef,
@@ -558,7 +557,6 @@ impl VcsProvider for GitHubClient {
                     title: pull.title,
                     from_fork: head_repo.is_none() || head_repo != base_repo,
                     draft: pull.draft,
-                    url: pull.html_url,
                     author: pull.user.map(|user| user.login),
                 });
             }

@@ -105,7 +105,6 @@ struct MergeRequest {
     draft: bool,
     #[serde(default)]
     work_in_progress: bool,
-    web_url: Option<String>,
     author: Option<Author>,
 }
 
@@ -272,7 +271,6 @@ impl VcsProvider for GitLabClient {
                     title: mr.title,
                     from_fork: mr.source_project_id != mr.target_project_id,
                     draft: mr.draft || mr.work_in_progress,
-                    url: mr.web_url,
                     author: mr.author.map(|author| author.username),
                 });
             }

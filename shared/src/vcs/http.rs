@@ -368,6 +368,16 @@ impl VcsHttp {
                     {
                         return Err(invalid("a redirect to another origin was refused".into()));
                     }
+                    if !reads {
+                        // Said once per write: a moved repository keeps costing a hop
+                        // until the workspace's URL is updated.
+                        tracing::info!(
+                            provider = %provider,
+                            from = url.path(),
+                            to = next.path(),
+                            "a write to the provider was redirected (a renamed or moved repository?)"
+                        );
+                    }
                     url = next;
                 }
                 _ => return Ok(Ok(response)),

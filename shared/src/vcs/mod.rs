@@ -52,8 +52,6 @@ pub struct PullRequest {
     /// The head lives in another repository (a fork).
     pub from_fork: bool,
     pub draft: bool,
-    /// The PR/MR page.
-    pub url: Option<String>,
     /// Who opened it.
     pub author: Option<String>,
 }
