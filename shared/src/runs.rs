@@ -26,7 +26,9 @@ const MAX_TITLE_CHARS: usize = 200;
 /// Ingress attributes are kept with every configuration version and served as they
 /// are: what the provider sent (a commit title, a PR title, a user name) is cut here.
 const MAX_INGRESS_TEXT_CHARS: usize = 1_000;
-/// User names, and the branch and tag names no [`BranchName`] checked (a PR's head, a tag).
+/// User names, and (in ingress attributes) the branch and tag names no [`BranchName`]
+/// checked: a PR's head, a tag. Runs keep those whole: GitLab's commit status names
+/// the ref.
 const MAX_NAME_CHARS: usize = 255;
 
 /// Why the run is created.
@@ -224,6 +226,7 @@ fn truncate(text: &str) -> String {
 /// At most `max_chars` characters, the last an ellipsis when cut; reads no further
 /// than it keeps (a provider's answer may hold megabytes).
 fn truncate_to(text: &str, max_chars: usize) -> String {
+    debug_assert!(max_chars > 0);
     match text.char_indices().nth(max_chars - 1) {
         // More than `max_chars` when at least two characters follow the first kept ones.
         Some((end, _)) if text[end..].chars().nth(1).is_some() => format!("{}…", &text[..end]),
@@ -305,14 +308,14 @@ async fn record(conn: &mut AsyncPgConnection, new: &NewVcsRun<'_>) -> Result<Run
                 .await
                 .optional()?
                 .ok_or(Abort::Superseded)?;
-            tag = Some(truncate_to(name, MAX_NAME_CHARS));
+            tag = Some(name.clone());
             (String::new(), None, false, TriggerReason::Tag, auto_apply)
         }
         // Speculative plans never apply.
         VcsTrigger::PullRequest {
             number, head_ref, ..
         } => (
-            truncate_to(head_ref, MAX_NAME_CHARS),
+            head_ref.clone(),
             Some(*number),
             true,
             TriggerReason::PullRequest,

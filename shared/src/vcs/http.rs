@@ -369,8 +369,8 @@ impl VcsHttp {
                         return Err(invalid("a redirect to another origin was refused".into()));
                     }
                     if !reads {
-                        // Said once per write: a moved repository keeps costing a hop
-                        // until the workspace's URL is updated.
+                        // Said at every hop: a moved repository keeps costing one until
+                        // the workspace's URL is updated.
                         tracing::info!(
                             provider = %provider,
                             from = url.path(),
