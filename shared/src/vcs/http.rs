@@ -337,13 +337,13 @@ impl VcsHttp {
         let provider = endpoint.provider;
         let invalid = |detail: String| VcsError::InvalidResponse { provider, detail };
         let mut url = Url::parse(request.url).map_err(|err| invalid(format!("bad URL: {err}")))?;
+        let reads = is_read(&request.method);
         for _ in 0..=MAX_REDIRECTS {
             let hop = self.build(endpoint, request, &url, etag)?;
             let response = match self.client.execute(hop).await {
                 Ok(response) => response,
                 Err(err) => return Ok(Err(err)),
             };
-            let reads = matches!(request.method, Method::GET | Method::HEAD);
             let redirect = match response.status().as_u16() {
                 301..=303 => reads,
                 307 | 308 => true,
@@ -546,12 +546,17 @@ fn too_large(provider: Provider, limit: usize) -> VcsError {
     }
 }
 
+/// GET and HEAD: what may follow any redirect and costs GitHub's budget one point.
+fn is_read(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD)
+}
+
 /// What a request costs of the budget: GitHub counts a write as five points.
 fn request_cost(provider: Provider, method: &Method) -> u32 {
-    match (provider, method) {
-        (Provider::GitHub, &Method::GET | &Method::HEAD) => 1,
-        (Provider::GitHub, _) => 5,
-        (Provider::GitLab, _) => 1,
+    match provider {
+        Provider::GitHub if is_read(method) => 1,
+        Provider::GitHub => 5,
+        Provider::GitLab => 1,
     }
 }
 
