@@ -690,6 +690,10 @@ async fn a_providers_rate_limit_holds_every_replica_back_until_it_resets() {
         "{error}"
     );
     let asked = world.sim.stats(Kind::Gitlab);
+    assert!(
+        asked.errors >= 1,
+        "GitLab refused the first replica: {asked:?}"
+    );
     // Another replica does not ask at all: the budget says GitLab refuses until then.
     let replica_b = world.context(&[]);
     let started = Instant::now();
